@@ -1,0 +1,125 @@
+"""``compile()``: trace, run a pipeline of passes, and hand the result to a backend."""
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import InputError
+from .pass_manager import PassManager
+from .pipelines import PipelineSpec
+from .report import CompileReport
+from .trace import LeafSpec, as_input_tuple, check_module, trace
+
+
+class CompiledModel(nn.Module):
+    """The compiled model: called like the original.
+
+    Attributes
+    ----------
+    graph_module : torch.fx.GraphModule
+        The rewritten graph (always runnable in eager PyTorch).
+    report : CompileReport
+        One row per pass; print it, or ``report.save("report.json")``.
+    """
+
+    def __init__(self, gm: fx.GraphModule, runner, report: CompileReport, example_inputs: tuple[torch.Tensor, ...], target: str):
+        super().__init__()
+        self.graph_module = gm
+        self.report = report
+        self.target = target
+        self._runner = runner
+        self._example_inputs = example_inputs
+
+    def forward(self, *inputs):
+        return self._runner(*inputs)
+
+    def export_onnx(self, path: str | os.PathLike, *, dynamic_batch: bool = False, external_data: bool | None = None):
+        """Export the rewritten graph to ONNX (checked, parity-tested, written atomically).
+
+        The result - path, opset and onnxruntime parity - is also recorded in ``report.export``.
+        """
+        from runtime.onnx import export_onnx
+
+        result = export_onnx(self.graph_module, self._example_inputs, path,
+                             dynamic_batch=dynamic_batch, external_data=external_data)
+        self.report.export = result.to_dict()
+        return result
+
+
+def run_eager(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """Run ``model`` in eval mode, naming the submodule that fails when the inputs do not fit."""
+    stack: list[str] = []
+    failed: list[str] = []
+    names = {m: name for name, m in model.named_modules()}
+
+    def pre(m, _args):
+        stack.append(names.get(m, "?"))
+
+    def post(m, _args, _out):
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    except Exception as e:  # noqa: BLE001
+        failed = stack[-1] if stack else ""
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise InputError(
+            f"example inputs of shape {shapes} do not fit the model: module '{failed or '<root>'}' "
+            f"({type(model.get_submodule(failed)).__name__}) raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
+def compile(
+    model: nn.Module,
+    example_inputs,
+    *,
+    pipeline: PipelineSpec = "default",
+    target: str = "torch",
+    leaf_modules: Iterable[LeafSpec] = (),
+    verify: bool = True,
+    dump_dir: str | Path | None = None,
+) -> CompiledModel:
+    """Compile ``model`` for inference on ``target``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched; the compiler works on a copy in eval mode.
+    example_inputs : Tensor or tuple of Tensors
+        Used to trace, propagate shapes and verify every pass against eager PyTorch.
+    pipeline : "default", a TOML file path, or a list of passes / pass names / ``{"name": ..}`` tables
+    target : "torch" (eager run of the rewritten graph) or "onnx" (exported and run in onnxruntime)
+    leaf_modules : module types or dotted paths to keep whole instead of tracing through
+    verify : compare with eager after every pass (``VerificationError`` past a pass's tolerance)
+    dump_dir : write the graph after each pass here
+
+    Returns
+    -------
+    CompiledModel
+    """
+    from runtime import get_backend  # the facade wires the layers; core compiler modules never import runtime
+
+    check_module(model)
+    inputs = as_input_tuple(example_inputs)
+    backend = get_backend(target)  # fail fast on a bad target name
+    reference = run_eager(model, inputs)
+    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=copy.deepcopy(reference))
+    report.model = type(model).__name__
+    report.target = target
+    runner = backend.prepare(gm, inputs, report)
+    return CompiledModel(gm, runner, report, inputs, target)

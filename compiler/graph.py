@@ -1,0 +1,61 @@
+"""Small graph-surgery helpers shared by passes."""
+from __future__ import annotations
+
+import operator
+from collections import Counter
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+
+def module_of(gm: fx.GraphModule, n: fx.Node) -> nn.Module | None:
+    """The submodule a ``call_module`` node calls, else None."""
+    return gm.get_submodule(n.target) if n.op == "call_module" else None
+
+
+def is_module(gm: fx.GraphModule, n, types) -> bool:
+    return isinstance(n, fx.Node) and n.op == "call_module" and isinstance(gm.get_submodule(n.target), types)
+
+
+def call_counts(gm: fx.GraphModule) -> Counter:
+    """How many nodes call each submodule: a module called twice shares its weights."""
+    return Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+
+
+def set_submodule(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+
+
+def fetch_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def user_names(n: fx.Node) -> list[str]:
+    return [u.name for u in n.users]
+
+
+def describe(gm: fx.GraphModule, n: fx.Node) -> str:
+    """``node 'name' (module path = Type)`` for refusals and errors."""
+    if n.op == "call_module":
+        return f"node '{n.name}' ({n.target} = {type(gm.get_submodule(n.target)).__name__})"
+    return f"node '{n.name}' ({getattr(n.target, '__name__', n.target)})"
+
+
+ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+ADD_METHODS = ("add", "add_")
+
+
+def add_operands(n: fx.Node) -> tuple[object, object] | None:
+    """The two operands of a plain ``a + b`` node (no ``alpha``), else None."""
+    if n.kwargs.get("alpha", 1) != 1 or n.kwargs.get("out") is not None:
+        return None
+    if n.op == "call_function" and n.target in ADD_FUNCTIONS and len(n.args) == 2:
+        return n.args[0], n.args[1]
+    if n.op == "call_method" and n.target in ADD_METHODS and len(n.args) == 2:
+        return n.args[0], n.args[1]
+    return None

@@ -1,0 +1,117 @@
+"""Runs a pipeline of passes over a GraphModule, with instruments, and enforces the pass contract."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+from tqdm.auto import tqdm
+
+from .analysis import Analyses
+from .errors import CompilerError, PassError, VerificationError
+from .instruments import GraphDump, Instrument, NumericVerify, Stats, Timing
+from .pass_base import Pass, PassContext, PassResult
+from .pipelines import PipelineSpec, load_pipeline
+from .report import CompileReport, PassRow
+from .trace import TRACE_INFO, as_input_tuple
+
+log = logging.getLogger(__name__)
+
+
+class PassManager:
+    """Run passes in order; time them, verify them against eager and record a ``CompileReport``.
+
+    Parameters
+    ----------
+    pipeline : list of Pass, a named pipeline ("default") or a TOML file path
+    verify : bool
+        Compare outputs with the eager reference after every modifying pass and raise
+        ``VerificationError`` when a pass exceeds its tolerance.
+    dump_dir : path, optional
+        Write the graph after every pass there (``GraphDump``).
+    instruments : extra ``Instrument`` objects.
+    progress : bool
+        Show a tqdm bar over the passes.
+
+    Examples
+    --------
+    >>> gm = compiler.trace(model, x)
+    >>> gm, report = compiler.PassManager(["cleanup", "fold_bn"]).run(gm, (x,))
+    """
+
+    def __init__(
+        self,
+        pipeline: PipelineSpec = "default",
+        *,
+        verify: bool = True,
+        dump_dir: str | Path | None = None,
+        instruments: Sequence[Instrument] = (),
+        progress: bool = False,
+    ):
+        self.passes: list[Pass] = load_pipeline(pipeline)
+        self.verify = verify
+        self.dump_dir = dump_dir
+        self.extra_instruments = list(instruments)
+        self.progress = progress
+
+    def run(self, gm: fx.GraphModule, example_inputs, *, reference=None) -> tuple[fx.GraphModule, CompileReport]:
+        """Rewrite ``gm`` in place and return it with the report.
+
+        ``reference`` is the eager model's output on ``example_inputs``; by default the output of
+        ``gm`` before any pass.
+        """
+        inputs = as_input_tuple(example_inputs)
+        ctx = PassContext(inputs, Analyses(gm, inputs))
+        instruments: list[Instrument] = [Timing(), Stats()]
+        if self.verify:
+            instruments.append(NumericVerify(reference))
+        if self.dump_dir is not None:
+            instruments.append(GraphDump(self.dump_dir))
+        instruments += self.extra_instruments
+
+        info = gm.meta.get(TRACE_INFO)
+        report = CompileReport(
+            model=gm.__class__.__name__,
+            auto_leaves=[{"path": a.path, "reason": a.reason} for a in info.auto_leaves] if info else [],
+        )
+        base = PassRow("trace")
+        for ins in instruments:
+            ins.before_run(gm, ctx, base)
+        report.rows.append(base)
+
+        for p in tqdm(self.passes, desc="passes", disable=not self.progress, leave=False):
+            row = PassRow(p.name)
+            try:
+                for ins in instruments:
+                    ins.before_pass(p, gm, ctx)
+                result = self._run_one(p, gm, ctx)
+                row.modified, row.matches = result.modified, result.matches
+                row.refusals, row.details = result.refusals, result.details
+                for ins in instruments:
+                    ins.after_pass(p, gm, ctx, row)
+            except VerificationError:
+                raise  # already names the pass and the passes before it
+            except Exception as e:  # noqa: BLE001 - every failure is re-raised naming the pass
+                raise PassError(p.name, list(ctx.passes_before), e) from e
+            for r in row.refusals:
+                log.info("%s refused %s: %s", p.name, r.node, r.reason)
+            report.rows.append(row)
+            ctx.passes_before.append(p.name)
+        return gm, report
+
+    @staticmethod
+    def _run_one(p: Pass, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        ctx.analyses.shapes()  # every pass may rely on node shapes
+        p.requires(gm, ctx)
+        with torch.no_grad():
+            result = p.run(gm, ctx)
+        if not isinstance(result, PassResult):
+            raise CompilerError(f"pass '{p.name}' returned {type(result).__name__}, expected PassResult")
+        if result.modified:
+            gm.graph.lint()
+            gm.recompile()
+            ctx.analyses.invalidate(p.preserves)
+        p.ensures(gm, ctx)
+        return result

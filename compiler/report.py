@@ -1,0 +1,101 @@
+"""The compile report: one row per pass, printable as a table and serialisable to JSON."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from .fileio import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A rewrite a pass matched but refused, and why."""
+
+    node: str
+    reason: str
+
+
+@dataclass
+class PassRow:
+    """What one pass did. Errors are measured against the original eager model.
+
+    ``max_rel_err`` is ``max|y - y_ref| / max|y_ref|`` over all outputs: normalised by the
+    reference's largest magnitude, so near-zero elements do not make it meaningless.
+    """
+
+    name: str
+    seconds: float = 0.0
+    modified: bool = False
+    matches: int = 0
+    params: int = 0
+    macs: int = 0
+    nodes: int = 0
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    tolerance: float | None = None
+    refusals: list[Refusal] = field(default_factory=list)
+    details: list[dict] = field(default_factory=list)  # per-layer rows of lossy passes
+
+
+@dataclass
+class CompileReport:
+    model: str = ""
+    rows: list[PassRow] = field(default_factory=list)
+    auto_leaves: list[dict] = field(default_factory=list)  # {path, reason}: submodules kept whole
+    target: str = "torch"
+    export: dict | None = None  # ONNX export: path, opset, parity errors
+    warnings: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> PassRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"no pass '{name}' in this report; passes: {[r.name for r in self.rows]}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text_atomic(path, self.to_json() + "\n")
+
+    def __str__(self) -> str:
+        head = ["pass", "time s", "changed", "matches", "params", "MMACs", "nodes", "max abs err", "max rel err"]
+        body = [
+            [
+                r.name,
+                f"{r.seconds:.3f}",
+                "yes" if r.modified else "-",
+                str(r.matches),
+                f"{r.params:,}",
+                f"{r.macs / 1e6:,.1f}",
+                str(r.nodes),
+                _sci(r.max_abs_err),
+                _sci(r.max_rel_err),
+            ]
+            for r in self.rows
+        ]
+        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+        lines = [f"fxcompress report: {self.model} -> target {self.target}", fmt(head), fmt(["-" * w for w in widths])]
+        lines += [fmt(b) for b in body]
+        for leaf in self.auto_leaves:
+            lines.append(f"  kept whole (untraceable): {leaf['path']}: {leaf['reason']}")
+        for r in self.rows:
+            for ref in r.refusals:
+                lines.append(f"  {r.name} refused {ref.node}: {ref.reason}")
+        if self.export:
+            e = self.export
+            lines.append(
+                f"  onnx: {e['path']} (opset {e['opset']}), onnxruntime parity: "
+                f"max abs err {_sci(e['max_abs_err'])}, max rel err {_sci(e['max_rel_err'])}"
+            )
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _sci(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"

@@ -1,0 +1,108 @@
+"""``fuse``: replace a conv or linear and its epilogue by one ``FusedOp`` node.
+
+Pattern, in graph order::
+
+    y = op(x)                 # Conv{1,2,3}d or Linear (its bias is part of the op)
+    y = y + r                 # optional residual add, r of y's exact shape (no broadcasting)
+    y = act(y)                # optional relu | relu6 | hardswish | silu | gelu
+
+becomes ``y = FusedOp(op, act, residual)(x, r)``, which a backend runs as one kernel. The fused
+node takes the place of the last matched node, where every input it needs is already computed.
+
+Refused, with a reason, when an intermediate result has other users (it would disappear) or the
+op's module is called more than once (shared weights).
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from compiler import meta
+from compiler.graph import add_operands, call_counts, describe, is_module, set_submodule, user_names
+from compiler.ops import FUSABLE_OPS, FusedOp
+from compiler.pass_base import Pass, PassContext, PassResult
+from compiler.report import Refusal
+
+_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.silu: "silu"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
+
+
+def activation_name(gm: fx.GraphModule, n: fx.Node) -> str | None:
+    """The ``compiler.ops.ACTIVATIONS`` name of an activation node, else None."""
+    if n.op == "call_module":
+        m = gm.get_submodule(n.target)
+        if isinstance(m, nn.GELU):
+            return "gelu" if m.approximate == "none" else "gelu_tanh"
+        return _ACT_MODULES.get(type(m))
+    if n.op == "call_function":
+        if n.target is F.gelu:
+            return "gelu" if n.kwargs.get("approximate", "none") == "none" else "gelu_tanh"
+        if n.target is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0):
+            return "relu6"
+        return _ACT_FUNCTIONS.get(n.target)
+    if n.op == "call_method" and len(n.args) == 1 and not n.kwargs:
+        return _ACT_METHODS.get(n.target)
+    return None
+
+
+class Fuse(Pass, name="fuse"):
+    """Fuse conv/linear with residual-add and activation epilogues into FusedOp modules."""
+
+    def __init__(self, *, residual: bool = True, activations: bool = True) -> None:
+        self.residual = residual
+        self.activations = activations
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        calls = call_counts(gm)
+        refusals: list[Refusal] = []
+        fused = 0
+        for n in list(gm.graph.nodes):
+            if not is_module(gm, n, FUSABLE_OPS):
+                continue
+            chain, residual, act, refusal = self._match(gm, n)
+            if refusal:
+                refusals.append(Refusal(n.name, refusal))
+            if len(chain) == 1:
+                continue
+            if calls[n.target] > 1:
+                refusals.append(Refusal(n.name, f"module '{n.target}' is called {calls[n.target]} times (shared weights)"))
+                continue
+            self._rewrite(gm, chain, residual, act)
+            fused += 1
+        return PassResult(modified=fused > 0, matches=fused, refusals=refusals)
+
+    def _match(self, gm: fx.GraphModule, op: fx.Node):
+        chain, residual, act, refusal = [op], None, None, None
+        nxt = self._single_user(op)
+        if self.residual and nxt is not None and (operands := add_operands(nxt)) is not None:
+            other = operands[1] if operands[0] is op else operands[0]
+            if isinstance(other, fx.Node) and other is not op and meta.shape(other) == meta.shape(op):
+                residual = other
+                chain.append(nxt)
+        last = chain[-1]
+        nxt = self._single_user(last)
+        if self.activations and nxt is not None and (name := activation_name(gm, nxt)) is not None:
+            act = name
+            chain.append(nxt)
+        elif len(last.users) > 1 and any(activation_name(gm, u) or add_operands(u) for u in last.users):
+            refusal = f"output of {describe(gm, last)} is used by {user_names(last)}; fusing would drop it"
+        return chain, residual, act, refusal
+
+    @staticmethod
+    def _single_user(n: fx.Node) -> fx.Node | None:
+        return next(iter(n.users)) if len(n.users) == 1 else None
+
+    @staticmethod
+    def _rewrite(gm: fx.GraphModule, chain: list[fx.Node], residual: fx.Node | None, act: str | None) -> None:
+        op, last = chain[0], chain[-1]
+        set_submodule(gm, op.target, FusedOp(gm.get_submodule(op.target), act, residual is not None))
+        with gm.graph.inserting_before(last):
+            args = (op.args[0], residual) if residual is not None else (op.args[0],)
+            new = gm.graph.call_module(op.target, args)
+        new.meta = dict(last.meta)  # same output shape and dtype
+        last.replace_all_uses_with(new)
+        for node in reversed(chain):
+            gm.graph.erase_node(node)

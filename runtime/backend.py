@@ -1,0 +1,38 @@
+"""The backend interface: turn a rewritten GraphModule into something that runs it.
+
+A backend is one module behind this small interface; ``get_backend(name)`` finds it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.fx as fx
+
+from compiler.errors import InputError, choices
+from compiler.report import CompileReport
+
+Runner = Callable[..., object]
+
+
+class Backend(Protocol):
+    name: str
+
+    def prepare(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], report: CompileReport) -> Runner:
+        """Return a callable taking the model's inputs; may add to ``report``."""
+        ...
+
+
+def available_backends() -> dict[str, Backend]:
+    from .onnx import OnnxBackend
+    from .reference import TorchBackend
+
+    return {b.name: b for b in (TorchBackend(), OnnxBackend())}
+
+
+def get_backend(name: str) -> Backend:
+    backends = available_backends()
+    if name not in backends:
+        raise InputError(f"unknown target '{name}', valid targets are {choices(backends)}")
+    return backends[name]
