@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -117,8 +118,11 @@ def compile(
     inputs = as_input_tuple(example_inputs)
     backend = get_backend(target)  # fail fast on a bad target name
     reference = run_eager(model, inputs)
+    t0 = time.perf_counter()
     gm = trace(model, inputs, leaf_modules=leaf_modules)
+    trace_seconds = time.perf_counter() - t0
     gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=copy.deepcopy(reference))
+    report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target
     runner = backend.prepare(gm, inputs, report)

@@ -31,7 +31,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     happens, the scratch directory is removed.
     """
     path = check_writable_dir(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise OutputPathError(f"cannot write '{path}': {e.strerror or e}") from e
     try:
         yield tmp
     finally:

@@ -63,7 +63,7 @@ class CompileReport:
         write_text_atomic(path, self.to_json() + "\n")
 
     def __str__(self) -> str:
-        head = ["pass", "time s", "changed", "matches", "params", "MMACs", "nodes", "max abs err", "max rel err"]
+        head = ["pass", "time s", "changed", "matches", "params", "MACs", "nodes", "max abs err", "max rel err"]
         body = [
             [
                 r.name,
@@ -71,7 +71,7 @@ class CompileReport:
                 "yes" if r.modified else "-",
                 str(r.matches),
                 f"{r.params:,}",
-                f"{r.macs / 1e6:,.1f}",
+                _si(r.macs),
                 str(r.nodes),
                 _sci(r.max_abs_err),
                 _sci(r.max_rel_err),
@@ -95,6 +95,13 @@ class CompileReport:
             )
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _si(x: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return str(x)
 
 
 def _sci(x: float | None) -> str:

@@ -40,8 +40,9 @@ def activation_name(gm: fx.GraphModule, n: fx.Node) -> str | None:
     if n.op == "call_function":
         if n.target is F.gelu:
             return "gelu" if n.kwargs.get("approximate", "none") == "none" else "gelu_tanh"
-        if n.target is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0):
-            return "relu6"
+        if n.target is F.hardtanh:
+            bounds = dict(zip(("min_val", "max_val"), n.args[1:3])) | n.kwargs
+            return "relu6" if (bounds.get("min_val", -1.0), bounds.get("max_val", 1.0)) == (0.0, 6.0) else None
         return _ACT_FUNCTIONS.get(n.target)
     if n.op == "call_method" and len(n.args) == 1 and not n.kwargs:
         return _ACT_METHODS.get(n.target)
@@ -87,7 +88,7 @@ class Fuse(Pass, name="fuse"):
         if self.activations and nxt is not None and (name := activation_name(gm, nxt)) is not None:
             act = name
             chain.append(nxt)
-        elif len(last.users) > 1 and any(activation_name(gm, u) or add_operands(u) for u in last.users):
+        elif len(last.users) > 1 and any(activation_name(gm, u) for u in last.users):
             refusal = f"output of {describe(gm, last)} is used by {user_names(last)}; fusing would drop it"
         return chain, residual, act, refusal
 

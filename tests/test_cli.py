@@ -1,0 +1,77 @@
+import json
+import textwrap
+
+import onnx
+import pytest
+
+from compiler.cli import main
+
+MODEL = textwrap.dedent(
+    """
+    from torch import nn
+
+    def small():
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(),
+                             nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    """
+)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    p = tmp_path / "model.py"
+    p.write_text(MODEL)
+    return p
+
+
+def test_compile_exports_and_writes_report(model_file, tmp_path, capsys):
+    out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
+    rc = main(["compile", f"{model_file}:small", "--input-shape", "2,3,8,8", "-o", str(out), "--report", str(rep)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "fold_bn" in text and "onnxruntime parity" in text
+    onnx.checker.check_model(onnx.load(out))
+    data = json.loads(rep.read_text())
+    assert [r["name"] for r in data["rows"]] == ["trace", "cleanup", "fold_bn", "fuse"]
+    assert data["export"]["max_rel_err"] < 1e-5
+
+
+def test_compile_with_toml_pipeline_and_onnx_target(model_file, tmp_path, capsys):
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[[pass]]\nname = "fold_bn"\n')
+    rc = main(["compile", f"{model_file}:small", "--input-shape", "1,3,8,8", "--pipeline", str(pipe), "--target", "onnx"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "target onnx" in text and "fuse" not in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{m}:nope", "--input-shape", "1,3,8,8"], "has no callable 'nope'; callables defined there: ['small']"),
+        (["/no/such.py:small", "--input-shape", "1,3,8,8"], "model file '/no/such.py' does not exist"),
+        (["{m}", "--input-shape", "1,3,8,8"], "PATH/TO/file.py:factory"),
+        (["{m}:small", "--input-shape", "1,3,8,8", "-o", "/no/dir/m.onnx"], "directory '/no/dir' does not exist"),
+        (["{m}:small", "--input-shape", "1,4,8,8"], "do not fit the model"),
+        (["{m}:small", "--input-shape", "1,3,8,8", "--pipeline", "nope.toml"], "does not exist"),
+    ],
+)
+def test_errors_are_one_clear_line(model_file, capsys, args, message):
+    rc = main(["compile", *[a.format(m=model_file) for a in args]])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fxcompress: error: ") and message in err
+
+
+def test_bad_shape_is_a_usage_error(model_file, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compile", f"{model_file}:small", "--input-shape", "1,x"])
+    assert info.value.code == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_passes_lists_arguments(capsys):
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    assert "fold_bn: Fold BatchNorm" in out
+    assert "    residual: bool = True" in out
