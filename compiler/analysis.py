@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import meta
-from .ops import FusedOp
+from .ops import FusedOp, TTLinear
 from .trace import propagate_shapes
 
 ModuleMacs = Callable[[nn.Module, fx.Node], int]
@@ -49,7 +49,12 @@ def _mha_macs(m: nn.MultiheadAttention, n: fx.Node) -> int:
     return projections + attention
 
 
+def _tt_linear_macs(m: TTLinear, n: fx.Node) -> int:
+    return m.macs(_numel(meta.shape(n)) // m.out_features)
+
+
 MODULE_MACS: dict[type, ModuleMacs] = {
+    TTLinear: _tt_linear_macs,
     nn.Conv1d: _conv_macs,
     nn.Conv2d: _conv_macs,
     nn.Conv3d: _conv_macs,

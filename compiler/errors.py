@@ -78,3 +78,11 @@ class OutputPathError(CompilerError, OSError):
 def choices(names: Iterable[str]) -> str:
     """Format valid choices for an error message: ``['a', 'b']``."""
     return "[" + ", ".join(repr(n) for n in sorted(names)) + "]"
+
+
+class RankError(PipelineError):
+    """A rank specification is invalid, or invalid for a given layer (named in the message)."""
+
+
+class FactorizationError(CompilerError):
+    """A layer cannot be factorized (for example NaN or inf weights); names the layer."""

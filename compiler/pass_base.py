@@ -35,7 +35,8 @@ class PassResult:
     modified: bool
     matches: int = 0
     refusals: list[Refusal] = field(default_factory=list)
-    details: list[dict] = field(default_factory=list)
+    details: list[dict] = field(default_factory=list)  # per-layer rows of lossy passes
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

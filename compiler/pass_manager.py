@@ -89,6 +89,7 @@ class PassManager:
                 result = self._run_one(p, gm, ctx)
                 row.modified, row.matches = result.modified, result.matches
                 row.refusals, row.details = result.refusals, result.details
+                report.warnings += result.warnings
                 for ins in instruments:
                     ins.after_pass(p, gm, ctx, row)
             except VerificationError:

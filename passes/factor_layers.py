@@ -1,0 +1,82 @@
+"""Factors -> ordinary layers: the graph side of factorization.
+
+Every chain is made of standard ``nn.Conv2d`` / ``nn.Linear`` layers (plus ``TTLinear`` for TT
+linears, itself reshape + matmul), so it traces, exports to ONNX and runs on any backend. The
+original layer's stride, padding, dilation and padding mode go to the spatial factor(s); its bias
+goes to the last factor.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compiler.ops import TTLinear
+
+SEPARABLE = ("spatial_svd", "cp", "tt")  # methods that split the kernel into (kh x 1) and (1 x kw) convs
+
+
+def explicit_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """Per-axis symmetric padding of ``conv``; None for an asymmetric 'same' (even kernel)."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+    return tuple(conv.padding)
+
+
+def _conv(w: torch.Tensor, *, stride=1, padding=0, dilation=1, groups=1, bias=None, padding_mode="zeros") -> nn.Conv2d:
+    out_c, in_per_group, kh, kw = w.shape
+    conv = nn.Conv2d(in_per_group * groups, out_c, (kh, kw), stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, bias=bias is not None, padding_mode=padding_mode)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+def _linear(w: torch.Tensor, bias=None) -> nn.Linear:
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def build_chain(method: str, layer: nn.Module, factors: list[torch.Tensor]) -> list[nn.Module]:
+    """The layers that replace ``layer``, in order."""
+    bias = layer.bias.detach() if layer.bias is not None else None
+    if isinstance(layer, nn.Linear):
+        if method == "svd":
+            return [_linear(factors[0]), _linear(factors[1], bias)]
+        if method == "tt":
+            return [TTLinear(factors, bias)]
+        raise ValueError(f"no Linear form for method '{method}'")
+
+    sh, sw = layer.stride
+    dh, dw = layer.dilation
+    mode = layer.padding_mode
+    if method == "svd":
+        w1, w2 = factors
+        return [_conv(w1, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, padding_mode=mode),
+                _conv(w2, bias=bias)]
+    if method == "tucker2":
+        first, core, last = factors
+        return [_conv(first), _conv(core, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, padding_mode=mode),
+                _conv(last, bias=bias)]
+    ph, pw = explicit_padding(layer)
+    vert = dict(stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), padding_mode=mode)
+    horiz = dict(stride=(1, sw), padding=(0, pw), dilation=(1, dw), padding_mode=mode)
+    if method == "spatial_svd":
+        v, h = factors
+        return [_conv(v, **vert), _conv(h, bias=bias, **horiz)]
+    if method == "cp":
+        first, v, h, last = factors
+        r = first.shape[0]
+        return [_conv(first), _conv(v, groups=r, **vert), _conv(h, groups=r, **horiz), _conv(last, bias=bias)]
+    if method == "tt":
+        first, v, h, last = factors
+        return [_conv(first), _conv(v, **vert), _conv(h, **horiz), _conv(last, bias=bias)]
+    raise ValueError(f"no Conv2d form for method '{method}'")
