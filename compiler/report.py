@@ -82,6 +82,9 @@ class CompileReport:
         fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
         lines = [f"fxcompress report: {self.model} -> target {self.target}", fmt(head), fmt(["-" * w for w in widths])]
         lines += [fmt(b) for b in body]
+        for r in self.rows:
+            if r.details:
+                lines += ["", f"{r.name}: per layer", *layer_table(r.details), ""]
         for leaf in self.auto_leaves:
             lines.append(f"  kept whole (untraceable): {leaf['path']}: {leaf['reason']}")
         for r in self.rows:
@@ -95,6 +98,25 @@ class CompileReport:
             )
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def layer_table(details: list[dict]) -> list[str]:
+    """Per-layer rows of a lossy pass, with totals over the rewritten layers."""
+    head = ["layer", "method", "rank", "params", "MACs", "weight err", "output err"]
+    body = [
+        [d["layer"], d["method"], "x".join(map(str, d["rank"])),
+         f"{d['params_before']:,} -> {d['params_after']:,}",
+         f"{_si(d['macs_before'])} -> {_si(d['macs_after'] or 0)}",
+         f"{d['weight_rel_err']:.3f}", _sci(d["output_rel_err"])]
+        for d in details
+    ]
+    pb, pa = sum(d["params_before"] for d in details), sum(d["params_after"] for d in details)
+    mb, ma = sum(d["macs_before"] for d in details), sum(d["macs_after"] or 0 for d in details)
+    body.append([f"total ({len(details)} layers)", "", "", f"{pb:,} -> {pa:,} ({pb / max(pa, 1):.2f}x)",
+                 f"{_si(mb)} -> {_si(ma)} ({mb / max(ma, 1):.2f}x)", "", ""])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    fmt = lambda cells: "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return [fmt(head), fmt(["-" * w for w in widths]), *(fmt(b) for b in body)]
 
 
 def _si(x: int) -> str:

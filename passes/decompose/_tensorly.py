@@ -53,7 +53,7 @@ def cp(tensor: torch.Tensor, rank: int, *, n_iter_max: int, seed: int = 0) -> tu
     with _backends(), warnings.catch_warnings():
         # a rank above a mode's size makes TensorLy pad the SVD init (and warn); that is expected here
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
-        out = parafac(tensor, rank=rank, n_iter_max=n_iter_max, init="svd", tol=1e-7, random_state=seed)
+        out = parafac(tensor, rank=rank, n_iter_max=n_iter_max, init="svd", tol=1e-12, random_state=seed)
     weights, factors = out
     return weights, list(factors)
 

@@ -32,6 +32,8 @@ class Method:
     to_slots: Callable[[list[int]], Ranks]
     decompose: Callable[[torch.Tensor, Ranks], list[torch.Tensor]]
     reconstruct: Callable[[list[torch.Tensor]], torch.Tensor]
+    # ranks -> the nearest feasible ranks (TT: each bond at most the previous bond times the mode size)
+    feasible: Callable[[Shape, Ranks], Ranks] = lambda s, r: r
 
     def spectra(self, w: torch.Tensor) -> list[Spectrum]:
         out = []
@@ -45,6 +47,14 @@ def tt_modes(shape: Shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
     o, i = shape
     d = 3 if min(o, i) >= 64 else 2
     return _tt.factor_modes(o, d), _tt.factor_modes(i, d)
+
+
+def _tt_feasible(dims: tuple[int, ...], ranks: Ranks) -> Ranks:
+    out, prev = [], 1
+    for k, r in enumerate(ranks):
+        prev = max(1, min(r, prev * dims[k], math.prod(dims[k + 1 :])))
+        out.append(prev)
+    return tuple(out)
 
 
 def _tt_matrix_unfoldings(w: torch.Tensor) -> list[torch.Tensor]:
@@ -126,6 +136,7 @@ METHODS: dict[tuple[str, str], Method] = {
         to_slots=tuple,
         decompose=lambda w, r: _tt.tt_conv(w, tuple(r)),
         reconstruct=_tt.tt_conv_reconstruct,
+        feasible=lambda s, r: _tt_feasible((s[1], s[2], s[3], s[0]), r),
     ),
     ("tt", "linear"): Method(
         "tt", "linear",
@@ -135,6 +146,7 @@ METHODS: dict[tuple[str, str], Method] = {
         to_slots=tuple,
         decompose=lambda w, r: _tt.tt_linear(w, tuple(r), *tt_modes(tuple(w.shape))),
         reconstruct=_tt.tt_linear_reconstruct,
+        feasible=lambda s, r: _tt_feasible(tuple(a * b for a, b in zip(*tt_modes(s))), r),
     ),
 }
 

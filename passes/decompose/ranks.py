@@ -69,7 +69,7 @@ def resolve_ranks(spec: RankSpec, method: Method, w: torch.Tensor) -> Ranks:
     """The concrete ranks of ``method`` on weight ``w`` for ``spec``."""
     shape = tuple(w.shape)
     bounds = method.bounds(shape)
-    clip = lambda rs: tuple(max(1, min(r, b)) for r, b in zip(rs, bounds))  # noqa: E731
+    clip = lambda rs: method.feasible(shape, tuple(max(1, min(r, b)) for r, b in zip(rs, bounds)))  # noqa: E731
     if spec.kind == "int":
         if spec.value > max(bounds):
             raise ValueError(f"rank {spec.value} is above full rank {max(bounds)} (per-slot full ranks {bounds})")
