@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from .errors import PipelineError, choices
+from .errors import CompilerError, PipelineError, choices
 
 if TYPE_CHECKING:
     from .pass_base import Pass
@@ -96,5 +96,7 @@ def build_pass(table: Mapping, *, where: str) -> "Pass":
         )
     try:
         return cls(**args)
+    except CompilerError:
+        raise  # already typed and located by the pass
     except (TypeError, ValueError) as e:
         raise PipelineError(f"{where}: bad arguments for pass '{cls.name}': {e}") from e

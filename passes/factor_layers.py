@@ -58,15 +58,16 @@ def build_chain(method: str, layer: nn.Module, factors: list[torch.Tensor]) -> l
     sh, sw = layer.stride
     dh, dw = layer.dilation
     mode = layer.padding_mode
+    # 'same' becomes explicit numbers where symmetric: onnxruntime rejects SAME auto-padding with dilation
+    padding = explicit_padding(layer) or layer.padding
+    spatial = dict(stride=layer.stride, padding=padding, dilation=layer.dilation, padding_mode=mode)
     if method == "svd":
         w1, w2 = factors
-        return [_conv(w1, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, padding_mode=mode),
-                _conv(w2, bias=bias)]
+        return [_conv(w1, **spatial), _conv(w2, bias=bias)]
     if method == "tucker2":
         first, core, last = factors
-        return [_conv(first), _conv(core, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, padding_mode=mode),
-                _conv(last, bias=bias)]
-    ph, pw = explicit_padding(layer)
+        return [_conv(first), _conv(core, **spatial), _conv(last, bias=bias)]
+    ph, pw = padding
     vert = dict(stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), padding_mode=mode)
     horiz = dict(stride=(1, sw), padding=(0, pw), dilation=(1, dw), padding_mode=mode)
     if method == "spatial_svd":
