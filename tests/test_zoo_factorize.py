@@ -31,3 +31,15 @@ def test_factorized_zoo_exports_with_parity(name, method, tmp_path):
     assert res.max_rel_err <= 1e-4  # onnxruntime vs the factorized torch graph
     with torch.no_grad():
         assert torch.allclose(cm(x), cm.graph_module(x))
+
+
+@pytest.mark.slow
+def test_tucker2_quarter_rank_halves_resnet50_factorized_params():
+    model, x = zoo.build("resnet50")
+    cm = compiler.compile(model, x, pipeline=["fold_bn", {"name": "factorize", "method": "tucker2", "rank": 0.25}])
+    details = cm.report.row("factorize").details
+    before = sum(d["params_before"] for d in details)
+    after = sum(d["params_after"] for d in details)
+    assert len(details) == 16 and before / after >= 2.0
+    measured = sum(p.numel() for d in details for p in cm.graph_module.get_submodule(d["layer"]).parameters())
+    assert measured == after  # the report counts what is really there

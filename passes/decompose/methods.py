@@ -118,6 +118,8 @@ METHODS: dict[tuple[str, str], Method] = {
         to_slots=lambda rs: (rs[0], rs[1]),
         decompose=lambda w, r: _tucker.tucker2(w, (r[0], r[1])),
         reconstruct=_tucker.tucker2_reconstruct,
+        # the core's mode-0 unfolding is r_out x (r_in*kh*kw), and the other way round
+        feasible=lambda s, r: (min(r[0], r[1] * s[2] * s[3]), min(r[1], r[0] * s[2] * s[3])),
     ),
     ("cp", "conv"): Method(
         "cp", "conv",
