@@ -181,9 +181,6 @@ def _capture_inputs(gm: fx.GraphModule, nodes: list[fx.Node], inputs) -> dict[st
     seen: dict[str, torch.Tensor] = {}
 
     class Capture(fx.Interpreter):
-        def call_module(self, target, args, kwargs):
-            return super().call_module(target, args, kwargs)
-
         def run_node(self, n):
             if n.name in wanted:
                 seen[n.name] = self.env[n.args[0]]

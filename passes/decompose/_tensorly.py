@@ -61,18 +61,17 @@ def cp(tensor: torch.Tensor, rank: int, *, n_iter_max: int, seed: int = 0) -> tu
 def tt(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
     """TT-SVD; raises instead of clipping ranks silently."""
     with _backends():
-        cores = list(tensor_train(tensor, rank=ranks))
-    got = [1] + [c.shape[-1] for c in cores]
-    if got != list(ranks):
-        raise ValueError(f"TT ranks {ranks} exceed what shape {tuple(tensor.shape)} allows (TensorLy gave {got})")
-    return cores
+        return _checked(list(tensor_train(tensor, rank=ranks)), ranks, tensor, "TT")
 
 
 def tt_matrix(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
     """TT-matrix decomposition of a tensorised matrix ``(I1..Id, J1..Jd)``: cores ``(r, I_k, J_k, r')``."""
     with _backends():
-        cores = list(tensor_train_matrix(tensor, rank=ranks))
+        return _checked(list(tensor_train_matrix(tensor, rank=ranks)), ranks, tensor, "TT-matrix")
+
+
+def _checked(cores: list[torch.Tensor], ranks: list[int], tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
     got = [1] + [c.shape[-1] for c in cores]
     if got != list(ranks):
-        raise ValueError(f"TT-matrix ranks {ranks} exceed what shape {tuple(tensor.shape)} allows (TensorLy gave {got})")
+        raise ValueError(f"{what} ranks {ranks} exceed what shape {tuple(tensor.shape)} allows (TensorLy gave {got})")
     return cores
