@@ -59,3 +59,17 @@ def add_operands(n: fx.Node) -> tuple[object, object] | None:
     if n.op == "call_method" and n.target in ADD_METHODS and len(n.args) == 2:
         return n.args[0], n.args[1]
     return None
+
+
+def is_stochastic_depth_eval(n: fx.Node) -> bool:
+    """torchvision's ``stochastic_depth(x, p, mode, training=False)``: the identity at inference.
+
+    Matched by name so fxcompress does not import torchvision.
+    """
+    t = n.target
+    if n.op != "call_function" or getattr(t, "__name__", "") != "stochastic_depth":
+        return False
+    if not getattr(t, "__module__", "").startswith("torchvision."):
+        return False
+    training = n.args[3] if len(n.args) > 3 else n.kwargs.get("training", True)
+    return training is False

@@ -1,4 +1,4 @@
-"""``cleanup``: remove inference no-ops (dropout, identity), then dead code.
+"""``cleanup``: remove inference no-ops (dropout, identity, torchvision's eval-mode stochastic depth), then dead code.
 
 The compiler produces inference graphs, so every dropout is the identity here.
 """
@@ -9,6 +9,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from compiler.graph import is_stochastic_depth_eval
 from compiler.pass_base import Pass, PassContext, PassResult
 
 NOOP_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -16,7 +17,7 @@ NOOP_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_drop
 
 
 class Cleanup(Pass, name="cleanup"):
-    """Remove dropout and identity nodes, then dead code and unused submodules."""
+    """Remove dropout, identity and eval-mode stochastic depth, then dead code and unused submodules."""
 
     def __init__(self) -> None:
         pass
@@ -26,8 +27,10 @@ class Cleanup(Pass, name="cleanup"):
         for n in list(gm.graph.nodes):
             if not n.args or not isinstance(n.args[0], fx.Node):
                 continue
-            noop = (n.op == "call_module" and isinstance(gm.get_submodule(n.target), NOOP_MODULES)) or (
-                n.op == "call_function" and n.target in NOOP_FUNCTIONS
+            noop = (
+                (n.op == "call_module" and isinstance(gm.get_submodule(n.target), NOOP_MODULES))
+                or (n.op == "call_function" and n.target in NOOP_FUNCTIONS)
+                or is_stochastic_depth_eval(n)
             )
             if noop:
                 n.replace_all_uses_with(n.args[0])

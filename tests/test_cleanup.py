@@ -39,3 +39,25 @@ def test_does_not_fire_on_clean_graph():
     x = torch.randn(2, 3)
     gm, report = compiler.PassManager(["cleanup"]).run(compiler.trace(model, x), (x,))
     assert not report.row("cleanup").modified and report.row("cleanup").matches == 0
+
+
+def test_removes_torchvision_stochastic_depth_in_eval():
+    from compiler import zoo
+
+    ops = zoo.import_torchvision().ops
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.sd = ops.StochasticDepth(0.5, "row")
+
+        def forward(self, x):
+            return x + self.sd(self.fc(x))
+
+    model = Block().eval()
+    x = torch.randn(3, 4)
+    gm, report = compiler.PassManager(["cleanup"]).run(compiler.trace(model, x), (x,))
+    assert report.row("cleanup").matches == 1
+    assert not [n for n in gm.graph.nodes if getattr(n.target, "__name__", "") == "stochastic_depth"]
+    assert rel_err(model(x), gm(x)) == 0

@@ -1,0 +1,1 @@
+"""Structured channel pruning: the channel dependency graph (``depgraph``) and physical shrinking (``shrink``)."""

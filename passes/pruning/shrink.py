@@ -1,0 +1,97 @@
+"""Physical shrinking: remove chosen channels from every parameter that holds them.
+
+Given the channel graph and a set of removed ``(space, index)`` entries, every producer loses output
+rows, every consumer loses input columns (a Linear after ``flatten`` loses each channel's spatial
+block), and every follower (BatchNorm, depthwise conv) loses its channels. Module attributes
+(``in_channels``, ``out_features``, ``num_features``, ``groups``) are updated so the result is an
+ordinary module that prints, traces and exports like any other.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from compiler.graph import fetch_attr
+
+from .depgraph import ChannelGraph, Entry
+
+
+def kept_positions(entries: list[Entry], removed: set[tuple[int, int]]) -> torch.Tensor:
+    return torch.tensor([p for p, e in enumerate(entries) if e not in removed], dtype=torch.long)
+
+
+def _param(t: torch.Tensor | None, dim: int, keep: torch.Tensor):
+    if t is None:
+        return None
+    return nn.Parameter(t.detach().index_select(dim, keep).clone(), requires_grad=t.requires_grad)
+
+
+def shrink(gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]]) -> None:
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for space in cg.spaces:
+        keep = torch.tensor([i for i in range(space.size) if (space.id, i) not in removed], dtype=torch.long)
+        if len(keep) == space.size:
+            continue
+        m = gm.get_submodule(nodes[space.node].target)
+        m.weight = _param(m.weight, 0, keep)
+        m.bias = _param(m.bias, 0, keep)
+        if isinstance(m, nn.Conv2d):
+            m.out_channels = len(keep)
+        else:
+            m.out_features = len(keep)
+    for name in cg.consumers:
+        n = nodes[name]
+        keep = kept_positions(cg.maps[n.args[0].name], removed)
+        m = gm.get_submodule(n.target)
+        if len(keep) == m.weight.shape[1]:
+            continue
+        m.weight = _param(m.weight, 1, keep)
+        if isinstance(m, nn.Conv2d):
+            m.in_channels = len(keep)
+        else:
+            m.in_features = len(keep)
+    for name in cg.followers:
+        n = nodes[name]
+        keep = kept_positions(cg.maps[n.args[0].name], removed)
+        if n.op == "call_function":  # F.batch_norm on stored tensors
+            for a in n.args[1:5]:
+                if isinstance(a, fx.Node) and a.op == "get_attr":
+                    t = fetch_attr(gm, a.target)
+                    parent, _, attr = a.target.rpartition(".")
+                    owner = gm.get_submodule(parent) if parent else gm
+                    new = t.detach().index_select(0, keep).clone()
+                    setattr(owner, attr, nn.Parameter(new) if isinstance(t, nn.Parameter) else new)
+            continue
+        m = gm.get_submodule(n.target)
+        if isinstance(m, nn.Conv2d):  # depthwise
+            m.weight, m.bias = _param(m.weight, 0, keep), _param(m.bias, 0, keep)
+            m.in_channels = m.out_channels = m.groups = len(keep)
+        else:  # BatchNorm
+            m.weight, m.bias = _param(m.weight, 0, keep), _param(m.bias, 0, keep)
+            m.running_mean = m.running_mean.index_select(0, keep).clone()
+            m.running_var = m.running_var.index_select(0, keep).clone()
+            m.num_features = len(keep)
+
+
+def masked_forward(gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]], *inputs):
+    """The oracle: run the *unpruned* graph with every removed channel zeroed wherever it appears."""
+    from .depgraph import channel_dim
+
+    masks = {}
+    for n in gm.graph.nodes:
+        entries = cg.maps.get(n.name) or []
+        drop = [p for p, e in enumerate(entries) if e in removed]
+        if drop:
+            masks[n.name] = (channel_dim(n), torch.tensor(drop))
+
+    class Masked(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in masks:
+                d, idx = masks[n.name]
+                out = out.index_fill(d, idx, 0.0)
+            return out
+
+    with torch.no_grad():
+        return Masked(gm).run(*inputs)

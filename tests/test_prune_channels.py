@@ -1,0 +1,128 @@
+"""Structured pruning, checked by the masking oracle: zeroing the pruned channels in the original
+graph must give what the physically shrunk graph gives."""
+import pytest
+import torch
+from torch import nn
+
+import compiler
+from compiler import zoo
+from compiler.errors import PipelineError
+from passes.prune_channels import PruneChannels
+from passes.pruning.depgraph import analyse
+from passes.pruning.shrink import masked_forward
+
+from .conftest import rel_err
+from .models import randomize_bn
+
+
+def prune_and_oracle(model, x, **kw):
+    """(pruned graph module, report, oracle output, pruned output)."""
+    gm = compiler.trace(model, x)
+    p = PruneChannels(**kw)
+    cg = analyse(gm)
+    removed = {e for u in p.plan(gm, cg)["removed_units"] for e in u}
+    oracle = masked_forward(gm, cg, removed, x)
+    pruned, report = compiler.PassManager([p]).run(compiler.trace(model, x), (x,))
+    with torch.no_grad():
+        return pruned, report, oracle, pruned(x)
+
+
+class Mixed(nn.Module):
+    """Residual add, concat with offsets, depthwise conv, SE gate, flatten into a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.c = nn.Conv2d(16, 8, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(24, 6, 1), nn.ReLU(), nn.Conv2d(6, 24, 1), nn.Sigmoid())
+        self.head = nn.Linear(24 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = torch.relu(self.b(y) + y)
+        z = torch.cat([y, self.c(y)], dim=1)
+        z = self.dw(z)
+        z = z * self.se(z)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 4), 1))
+
+
+def test_mixed_net_matches_masking_oracle_and_shrinks():
+    torch.manual_seed(0)
+    model = randomize_bn(Mixed())
+    x = torch.randn(2, 3, 8, 8)
+    gm, report, oracle, out = prune_and_oracle(model, x, ratio=0.5)
+    assert rel_err(oracle, out) < 1e-4
+    # the SE gate couples the concat [y, c(y)] with se.3, so a.0, b.0, c and se.3 form one group of 24
+    groups = sorted(report.row("prune_channels").details, key=lambda g: g["channels_before"])
+    assert [(g["channels_before"], g["channels_after"]) for g in groups] == [(6, 3), (24, 12)]
+    a, c = gm.get_submodule("a.0").out_channels, gm.get_submodule("c").out_channels
+    assert a + c == 12 and a >= 1 and c >= 1  # no layer is ever emptied
+    assert gm.get_submodule("b.0").out_channels == gm.get_submodule("b.1").num_features == a  # residual coupling
+    dw = gm.get_submodule("dw")
+    assert dw.in_channels == dw.out_channels == dw.groups == a + c  # concat offsets kept
+    assert gm.get_submodule("se.3").out_channels == a + c
+    assert gm.get_submodule("head").in_features == (a + c) * 16  # each channel's 4x4 block went with it
+    blocked = {r.node: r.reason for r in report.row("prune_channels").refusals}
+    assert blocked == {"head": "reaches the model output"}
+
+
+def test_ratio_zero_is_identity():
+    model = randomize_bn(Mixed())
+    x = torch.randn(1, 3, 8, 8)
+    gm, report = compiler.PassManager([PruneChannels(ratio=0.0)]).run(compiler.trace(model, x), (x,))
+    assert not report.row("prune_channels").modified
+    assert report.row("prune_channels").params == report.row("trace").params
+    assert rel_err(model(x), gm(x)) == 0
+
+
+def test_round_to_keeps_multiples():
+    model = randomize_bn(Mixed())
+    x = torch.randn(1, 3, 8, 8)
+    gm, _, oracle, out = prune_and_oracle(model, x, ratio=0.3, round_to=8)
+    assert gm.get_submodule("a.0").out_channels % 8 == 0
+    assert rel_err(oracle, out) < 1e-4
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+        self.g = nn.Conv2d(8, 8, 3, groups=2)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.g(self.a(x)))
+
+
+def test_grouped_conv_blocks_with_a_reason():
+    model = Grouped().eval()
+    x = torch.randn(1, 3, 9, 9)
+    gm, report = compiler.PassManager([PruneChannels(ratio=0.5)]).run(compiler.trace(model, x), (x,))
+    row = report.row("prune_channels")
+    assert not row.modified
+    assert {r.node: r.reason for r in row.refusals}["a"] == "grouped conv 'g' (groups=2)"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"), ({"ratio": -0.1}, r"ratio must be in \[0, 1\)"),
+    ({"importance": "hessian"}, r"unknown importance 'hessian', valid choices are \['l1', 'l2', 'random'\]"),
+    ({"round_to": 0}, "round_to must be an int >= 1"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(PipelineError, match=match):
+        compiler.PassManager([{"name": "prune_channels", **kwargs}])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "googlenet", "regnet_y_400mf"])
+def test_zoo_cnns_match_masking_oracle_and_export(name, tmp_path):
+    model, x = zoo.build(name)
+    model = compiler.trace(model, x)  # prune the traced copy; the oracle runs on the same graph
+    gm, report, oracle, out = prune_and_oracle(model, x, ratio=0.3)
+    assert rel_err(oracle, out) < 1e-4
+    row = report.row("prune_channels")
+    assert row.modified and row.params < 0.8 * report.row("trace").params
+    cm = compiler.compile(gm, x)  # the pruned model is an ordinary module: trace and compile it again
+    assert cm.export_onnx(tmp_path / "p.onnx").max_rel_err < 1e-4
