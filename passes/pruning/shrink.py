@@ -27,30 +27,28 @@ def _param(t: torch.Tensor | None, dim: int, keep: torch.Tensor):
     return nn.Parameter(t.detach().index_select(dim, keep).clone(), requires_grad=t.requires_grad)
 
 
+_SIZE_ATTR = {(nn.Conv2d, 0): "out_channels", (nn.Conv2d, 1): "in_channels",
+              (nn.Linear, 0): "out_features", (nn.Linear, 1): "in_features"}
+
+
+def _shrink_layer(m: nn.Module, dim: int, keep: torch.Tensor) -> None:
+    """Keep ``keep`` along the weight's output (dim 0, with the bias) or input (dim 1) channels."""
+    if len(keep) == m.weight.shape[dim]:
+        return
+    m.weight = _param(m.weight, dim, keep)
+    if dim == 0:
+        m.bias = _param(m.bias, 0, keep)
+    setattr(m, _SIZE_ATTR[(type(m), dim)], len(keep))
+
+
 def shrink(gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]]) -> None:
     nodes = {n.name: n for n in gm.graph.nodes}
     for space in cg.spaces:
         keep = torch.tensor([i for i in range(space.size) if (space.id, i) not in removed], dtype=torch.long)
-        if len(keep) == space.size:
-            continue
-        m = gm.get_submodule(nodes[space.node].target)
-        m.weight = _param(m.weight, 0, keep)
-        m.bias = _param(m.bias, 0, keep)
-        if isinstance(m, nn.Conv2d):
-            m.out_channels = len(keep)
-        else:
-            m.out_features = len(keep)
+        _shrink_layer(gm.get_submodule(nodes[space.node].target), 0, keep)
     for name in cg.consumers:
         n = nodes[name]
-        keep = kept_positions(cg.maps[n.args[0].name], removed)
-        m = gm.get_submodule(n.target)
-        if len(keep) == m.weight.shape[1]:
-            continue
-        m.weight = _param(m.weight, 1, keep)
-        if isinstance(m, nn.Conv2d):
-            m.in_channels = len(keep)
-        else:
-            m.in_features = len(keep)
+        _shrink_layer(gm.get_submodule(n.target), 1, kept_positions(cg.maps[n.args[0].name], removed))
     for name in cg.followers:
         n = nodes[name]
         keep = kept_positions(cg.maps[n.args[0].name], removed)
