@@ -22,6 +22,7 @@ from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 
 from .pruning.depgraph import analyse
+from .pruning.plan import PLAN_META, PruningPlan
 from .pruning.shrink import shrink
 
 IMPORTANCE = ("l1", "l2", "random")
@@ -47,6 +48,7 @@ class PruneChannels(Pass, name="prune_channels"):
         refusals = [Refusal(cg.spaces[s].node, reason) for s, reason in sorted(cg.blocked.items())]
         removed = {e for unit in plan["removed_units"] for e in unit}
         if removed:
+            gm.meta[PLAN_META] = PruningPlan.from_removed(gm, cg, removed)
             shrink(gm, cg, removed)
         return PassResult(modified=bool(removed), matches=len(plan["groups"]), refusals=refusals, details=plan["groups"])
 

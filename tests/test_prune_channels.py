@@ -126,3 +126,30 @@ def test_zoo_cnns_match_masking_oracle_and_export(name, tmp_path):
     assert row.modified and row.params < 0.8 * report.row("trace").params
     cm = compiler.compile(gm, x)  # the pruned model is an ordinary module: trace and compile it again
     assert cm.export_onnx(tmp_path / "p.onnx").max_rel_err < 1e-4
+
+
+def test_plan_save_and_reload_rebuilds_the_pruned_model(tmp_path):
+    from passes.pruning.plan import PruningPlan, apply_plan, pruning_plan
+
+    torch.manual_seed(0)
+    model = randomize_bn(Mixed())
+    x = torch.randn(2, 3, 8, 8)
+    cm = compiler.compile(model, x, pipeline=[{"name": "prune_channels", "ratio": 0.4}])
+    pruning_plan(cm.graph_module).save(tmp_path / "plan.json")
+    torch.save(cm.graph_module.state_dict(), tmp_path / "pruned.pt")
+
+    rebuilt = apply_plan(Mixed(), x, PruningPlan.load(tmp_path / "plan.json"))  # a fresh model of the class
+    rebuilt.load_state_dict(torch.load(tmp_path / "pruned.pt", weights_only=True))
+    assert torch.equal(rebuilt(x), cm(x))
+    assert '"format": "fxcompress.pruning_plan/1"' in (tmp_path / "plan.json").read_text()
+
+
+def test_bad_plan_files(tmp_path):
+    from passes.pruning.plan import PruningPlan, apply_plan
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"keep": {}}')
+    with pytest.raises(PipelineError, match="is not a pruning plan"):
+        PruningPlan.load(bad)
+    with pytest.raises(PipelineError, match=r"names layers this model does not have: \['nope'\]"):
+        apply_plan(Mixed().eval(), torch.randn(1, 3, 8, 8), PruningPlan({"nope": [0]}))
