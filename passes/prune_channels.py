@@ -2,7 +2,7 @@
 
 For every group of coupled layers (see ``passes/pruning/depgraph.py``) the pass ranks the group's
 prunable channel units by importance - the L1 or L2 norm of the producing weight rows, averaged
-over the coupled layers - and removes the lowest ``ratio`` of them, keeping the count a multiple
+over the coupled layers, or the |gamma| of their BatchNorms (``bn_scale``, network slimming) - and removes the lowest ``ratio`` of them, keeping the count a multiple
 of ``round_to``. Channels reaching the model output (the head's classes) and channels that meet an
 op without a rule are never pruned; the report names what blocked them.
 
@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import math
 
+import fnmatch
+
 import torch
 import torch.fx as fx
+from torch import nn
 
 from compiler.errors import PipelineError, choices
 from compiler.pass_base import Pass, PassContext, PassResult
@@ -25,25 +28,43 @@ from .pruning.depgraph import analyse
 from .pruning.plan import PLAN_META, PruningPlan
 from .pruning.shrink import shrink
 
-IMPORTANCE = ("l1", "l2", "random")
+IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 
 
 class PruneChannels(Pass, name="prune_channels"):
     """Remove the least important channels of every coupled layer group (physically shrinks layers)."""
 
-    def __init__(self, *, ratio: float = 0.3, importance: str = "l1", round_to: int = 1, seed: int = 0,
-                 tolerance: float = math.inf) -> None:
-        if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
-            raise PipelineError(f"prune_channels ratio must be in [0, 1), got {ratio!r}")
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.3,
+        importance: str = "l1",
+        round_to: int = 1,  # keep channel counts multiples of this (8 or 16 suit SIMD kernels)
+        max_ratio: float = 0.9,  # no single layer loses more than this fraction of its channels
+        protect: list[str] | None = None,  # module-path globs whose output channels are kept
+        overrides: dict[str, float] | None = None,  # module-path glob -> ratio for the groups it is in
+        seed: int = 0,
+        tolerance: float = math.inf,
+    ) -> None:
+        for what, r in [("ratio", ratio), *((f"overrides['{g}']", v) for g, v in (overrides or {}).items())]:
+            if isinstance(r, bool) or not (isinstance(r, (int, float)) and 0 <= r < 1):
+                raise PipelineError(f"prune_channels {what} must be in [0, 1), got {r!r}")
+        if not (isinstance(max_ratio, (int, float)) and 0 < max_ratio <= 1):
+            raise PipelineError(f"prune_channels max_ratio must be in (0, 1], got {max_ratio!r}")
         if importance not in IMPORTANCE:
             raise PipelineError(f"unknown importance '{importance}', valid choices are {choices(IMPORTANCE)}")
         if not (isinstance(round_to, int) and round_to >= 1):
             raise PipelineError(f"round_to must be an int >= 1, got {round_to!r}")
         self.ratio, self.importance, self.round_to, self.seed = ratio, importance, round_to, seed
+        self.max_ratio, self.protect, self.overrides = max_ratio, list(protect or []), dict(overrides or {})
         self.tolerance = tolerance
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         cg = analyse(gm)
+        nodes = {n.name: n for n in gm.graph.nodes}
+        for sp in cg.spaces:
+            if any(fnmatch.fnmatchcase(nodes[sp.node].target, g) for g in self.protect):
+                cg.blocked.setdefault(sp.id, "protected (protect=)")
         plan = self.plan(gm, cg)
         refusals = [Refusal(cg.spaces[s].node, reason) for s, reason in sorted(cg.blocked.items())]
         removed = {e for unit in plan["removed_units"] for e in unit}
@@ -58,9 +79,14 @@ class PruneChannels(Pass, name="prune_channels"):
         units = cg.components()
         gen = torch.Generator().manual_seed(self.seed)
 
+        gammas = _bn_scales(gm, cg, nodes) if self.importance == "bn_scale" else {}
+
         def score(unit) -> float:
             if self.importance == "random":
                 return torch.rand((), generator=gen).item()
+            if self.importance == "bn_scale":  # network slimming; a unit no BatchNorm scales is kept
+                vals = [gammas[e] for e in unit if e in gammas]
+                return sum(vals) / len(vals) if vals else math.inf
             p = 1 if self.importance == "l1" else 2
             vals = [gm.get_submodule(nodes[cg.spaces[s].node].target).weight[i].detach().norm(p=p).item() for s, i in unit]
             return sum(vals) / len(vals)
@@ -71,19 +97,22 @@ class PruneChannels(Pass, name="prune_channels"):
             by_group[key] = [u for u in units if next(iter(u))[0] in group]
         removed_units, groups = [], []
         for group, members in by_group.items():
-            if not members or self.ratio == 0:
+            paths = [nodes[cg.spaces[s].node].target for s in group]
+            ratio = next((r for g, r in self.overrides.items() if any(fnmatch.fnmatchcase(p, g) for p in paths)), self.ratio)
+            if not members or ratio == 0:
                 continue
             n = len(members)
-            keep = max(1, n - math.floor(self.ratio * n))
+            keep = max(1, n - math.floor(ratio * n))
             keep = min(n, math.ceil(keep / self.round_to) * self.round_to)
             left = {s: cg.spaces[s].size for s in group}
+            floor = {s: max(1, math.ceil(cg.spaces[s].size * (1 - self.max_ratio))) for s in group}
             drop = []
             for unit in sorted(members, key=score):
                 if len(drop) == n - keep:
                     break
                 hit = {s for s, _ in unit}
-                if any(left[s] <= 1 for s in hit):
-                    continue  # never empty a layer: skip to the next least important unit
+                if any(left[s] <= floor[s] for s in hit):
+                    continue  # never empty a layer, nor cut it past max_ratio: try the next unit
                 for s in hit:
                     left[s] -= 1
                 drop.append(unit)
@@ -91,6 +120,19 @@ class PruneChannels(Pass, name="prune_channels"):
                 continue
             keep = n - len(drop)
             removed_units += drop
-            layers = sorted(cg.spaces[s].node for s in group)
-            groups.append({"layers": layers, "channels_before": n, "channels_after": keep, "importance": self.importance})
+            groups.append({"layers": sorted(paths), "channels_before": n, "channels_after": keep,
+                           "ratio": ratio, "importance": self.importance})
         return {"removed_units": removed_units, "groups": groups}
+
+
+def _bn_scales(gm: fx.GraphModule, cg, nodes) -> dict[tuple[int, int], float]:
+    """|gamma| of the BatchNorm that normalises each channel (Liu et al. 2017, network slimming)."""
+    out = {}
+    for name in cg.followers:
+        n = nodes[name]
+        m = gm.get_submodule(n.target) if n.op == "call_module" else None
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            for p, e in enumerate(cg.maps[n.args[0].name]):
+                if e is not None:
+                    out[e] = abs(m.weight[p].item())
+    return out

@@ -56,6 +56,7 @@ def test_mixed_net_matches_masking_oracle_and_shrinks():
     assert rel_err(oracle, out) < 1e-4
     # the SE gate couples the concat [y, c(y)] with se.3, so a.0, b.0, c and se.3 form one group of 24
     groups = sorted(report.row("prune_channels").details, key=lambda g: g["channels_before"])
+    assert groups[1]["layers"] == ["a.0", "b.0", "c", "se.3"]
     assert [(g["channels_before"], g["channels_after"]) for g in groups] == [(6, 3), (24, 12)]
     a, c = gm.get_submodule("a.0").out_channels, gm.get_submodule("c").out_channels
     assert a + c == 12 and a >= 1 and c >= 1  # no layer is ever emptied
@@ -107,8 +108,10 @@ def test_grouped_conv_blocks_with_a_reason():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"), ({"ratio": -0.1}, r"ratio must be in \[0, 1\)"),
-    ({"importance": "hessian"}, r"unknown importance 'hessian', valid choices are \['l1', 'l2', 'random'\]"),
+    ({"importance": "hessian"}, r"unknown importance 'hessian', valid choices are \['bn_scale', 'l1', 'l2', 'random'\]"),
     ({"round_to": 0}, "round_to must be an int >= 1"),
+    ({"max_ratio": 0}, r"max_ratio must be in \(0, 1\]"),
+    ({"overrides": {"a.*": 1.2}}, r"overrides\['a.\*'\] must be in \[0, 1\)"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(PipelineError, match=match):
@@ -153,3 +156,28 @@ def test_bad_plan_files(tmp_path):
         PruningPlan.load(bad)
     with pytest.raises(PipelineError, match=r"names layers this model does not have: \['nope'\]"):
         apply_plan(Mixed().eval(), torch.randn(1, 3, 8, 8), PruningPlan({"nope": [0]}))
+
+
+def test_bn_scale_importance_removes_the_smallest_gammas():
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.9, 0.01, 0.8, 0.02, 0.7, 0.03, 0.6, 0.5]))
+    x = torch.randn(1, 3, 6, 6)
+    gm, report, oracle, out = prune_and_oracle(model, x, ratio=0.5, importance="bn_scale")
+    assert rel_err(oracle, out) < 1e-4
+    kept = gm.get_submodule("1").weight.detach()
+    assert torch.allclose(kept, torch.tensor([0.9, 0.8, 0.7, 0.6]))
+
+
+def test_protect_overrides_and_max_ratio():
+    model = randomize_bn(Mixed())
+    x = torch.randn(1, 3, 8, 8)
+    gm, report = compiler.PassManager([PruneChannels(ratio=0.5, protect=["se.1"])]).run(compiler.trace(model, x), (x,))
+    assert gm.get_submodule("se.1").out_channels == 6
+    assert {r.node: r.reason for r in report.row("prune_channels").refusals}["se_1"] == "protected (protect=)"
+
+    gm, report = compiler.PassManager([PruneChannels(ratio=0.5, overrides={"se.1": 0.0})]).run(compiler.trace(model, x), (x,))
+    assert gm.get_submodule("se.1").out_channels == 6 and gm.get_submodule("dw").groups == 12
+
+    gm, _ = compiler.PassManager([PruneChannels(ratio=0.5, max_ratio=0.25)]).run(compiler.trace(model, x), (x,))
+    assert gm.get_submodule("c").out_channels >= 6 and gm.get_submodule("a.0").out_channels >= 12
