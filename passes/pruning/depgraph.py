@@ -59,6 +59,17 @@ class ChannelGraph:
     blocked: dict[int, str] = field(default_factory=dict)  # space id -> reason
     consumers: list[str] = field(default_factory=list)  # conv/linear nodes whose inputs shrink
     followers: list[str] = field(default_factory=list)  # BN / depthwise nodes whose channels shrink
+    # dims of a node's tensor that carry its channel map (row-major): (1,) for NCHW, (3,) after a
+    # channels-last permute, (1, 2) inside a channel shuffle's (N, g, C/g, H, W) view
+    cdims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    pieces: dict[str, list[list[Entry]]] = field(default_factory=dict)  # chunk/split node -> maps per piece
+
+    def cdim(self, node) -> int | None:
+        """The single channel dim of ``node``, or None (no channel dim, or several)."""
+        dims = self.cdims.get(node.name) if isinstance(node, fx.Node) else None
+        if dims is None:
+            return channel_dim(node) if isinstance(node, fx.Node) else None
+        return dims[0] if len(dims) == 1 else None
 
     def components(self) -> list[frozenset[tuple[int, int]]]:
         """Prunable units: coupled channel sets that touch no blocked space."""
@@ -93,6 +104,13 @@ def analyse(gm: fx.GraphModule) -> ChannelGraph:
     cg = ChannelGraph()
     for n in gm.graph.nodes:
         cg.maps[n.name] = _transfer(gm, n, cg)
+        if n.name not in cg.cdims:
+            src = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+            if src is not None and cg.maps[n.name] and cg.maps[n.name] == cg.maps.get(src.name):
+                cg.cdims[n.name] = cg.cdims[src.name]  # pass-through ops keep the layout
+            else:
+                d = channel_dim(n)
+                cg.cdims[n.name] = (d,) if d is not None else ()
     return cg
 
 
@@ -139,9 +157,10 @@ def _transfer(gm: fx.GraphModule, n: fx.Node, cg: ChannelGraph) -> list[Entry]:
                 out = _new_space(cg, n, m.out_channels)
                 _block(cg, out, f"grouped conv '{n.target}' (groups={m.groups})")
                 return out
-            if isinstance(m, nn.Linear) and channel_dim(src) != len(meta.shape(src)) - 1:
+            if isinstance(m, nn.Linear) and cg.cdim(src) != len(meta.shape(src)) - 1:
                 _block(cg, inp, f"Linear '{n.target}' over a non-channel dim")
             cg.consumers.append(n.name)
+            cg.cdims[n.name] = (1,) if isinstance(m, nn.Conv2d) else (len(meta.shape(n)) - 1,)
             return _new_space(cg, n, m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
         if isinstance(m, NORMS):
             cg.followers.append(n.name)
@@ -162,6 +181,15 @@ def _transfer(gm: fx.GraphModule, n: fx.Node, cg: ChannelGraph) -> list[Entry]:
         if n.target is F.batch_norm:
             cg.followers.append(n.name)
             return list(inp)
+        if n.target in (torch.reshape,):
+            return _view(cg, n, inp)
+        if n.target in (torch.transpose, torch.permute):
+            return _permute(cg, n, inp)
+        if n.target in (torch.chunk, torch.split):
+            return _split(cg, n, inp)
+        if n.target is operator.getitem and isinstance(src, fx.Node) and src.name in cg.pieces:
+            cg.cdims[n.name] = cg.cdims[src.name]
+            return list(cg.pieces[src.name][n.args[1]])
     elif n.op == "call_method":
         if n.target in PASS_METHODS:
             return list(inp)
@@ -173,10 +201,17 @@ def _transfer(gm: fx.GraphModule, n: fx.Node, cg: ChannelGraph) -> list[Entry]:
             return _flatten(cg, n, src, inp, n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0))
         if n.target == "size":
             return []
-    # No rule: block every space flowing in, produce fixed channels.
+        if n.target in ("view", "reshape"):
+            return _view(cg, n, inp)
+        if n.target in ("transpose", "permute"):
+            return _permute(cg, n, inp)
+        if n.target in ("chunk", "split"):
+            return _split(cg, n, inp)
+    # No rule: block every space flowing in; the output's layout is unknown (an empty map).
     for a in n.all_input_nodes:
         _block(cg, cg.maps.get(a.name), f"no pruning rule for node '{n.name}' ({getattr(n.target, '__name__', n.target)})")
-    return _fixed(n) if meta.shape(n) is not None else []
+    cg.cdims[n.name] = ()
+    return []
 
 
 def _reduces_spatial_only(n: fx.Node) -> bool:
@@ -190,8 +225,9 @@ def _elementwise(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
     """``a (op) b``: operands spanning the channel dim are coupled index by index; an operand of
     channel size 1 broadcasts (SE gates after pooling have full width and are coupled)."""
     out = meta.shape(n)
-    d = channel_dim(n)
     operands = [a for a in n.args[:2] if isinstance(a, fx.Node)]
+    d = next((cg.cdim(a) for a in operands if meta.shape(a) == out), channel_dim(n))
+    cg.cdims[n.name] = (d,) if d is not None else ()
     if d is None:
         for a in operands:
             _block(cg, cg.maps.get(a.name), f"elementwise '{n.name}' without a channel dimension")
@@ -199,13 +235,13 @@ def _elementwise(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
     width, full = out[d], []
     for a in operands:
         s = meta.shape(a)
-        if s is not None and len(s) == len(out) and s[d] == width:
+        if s is not None and len(s) == len(out) and s[d] == width and len(cg.maps[a.name]) == width:
             full.append(cg.maps[a.name])
         elif s is not None and (len(out) - len(s) > d or (len(s) == len(out) and s[d] == 1)):
             continue  # does not vary along channels
         else:
-            _block(cg, cg.maps.get(a.name), f"elementwise '{n.name}' broadcasts a per-channel operand")
-            _block(cg, [e for m in full for e in m], f"elementwise '{n.name}' broadcasts a per-channel operand")
+            for b in operands:
+                _block(cg, cg.maps.get(b.name), f"elementwise '{n.name}' broadcasts a per-channel operand")
             return [None] * width
     if not full:
         return [None] * width
@@ -223,7 +259,7 @@ def _elementwise(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
 def _cat(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
     parts = n.args[0]
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-    d = channel_dim(n)
+    d = cg.cdim(parts[0]) if parts else None
     nd = len(meta.shape(n))
     if d is None or dim % nd != d:
         for p in parts:
@@ -231,16 +267,116 @@ def _cat(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
         return _fixed(n)
     out: list[Entry] = []
     for p in parts:
-        out += cg.maps.get(p.name) or [None] * meta.shape(p)[d]
+        m = cg.maps.get(p.name) or []
+        if len(m) != meta.shape(p)[d] or cg.cdim(p) != d:
+            for q in parts:
+                _block(cg, cg.maps.get(q.name), f"cat '{n.name}' of a tensor whose channel layout is unknown")
+            cg.cdims[n.name] = ()
+            return []
+        out += m
     return out
 
 
 def _flatten(cg: ChannelGraph, n: fx.Node, src: fx.Node, inp: list[Entry], start_dim: int) -> list[Entry]:
     s = meta.shape(src)
-    if start_dim % len(s) != 1 or channel_dim(src) != 1:
+    if start_dim % len(s) != 1 or cg.cdim(src) != 1:
         _block(cg, inp, f"flatten '{n.name}' from dim {start_dim}")
         return _fixed(n)
     block = 1
     for x in s[2:]:
         block *= x
     return [e for e in inp for _ in range(block)]
+
+
+def _dims_arg(n: fx.Node, start: int = 1) -> tuple:
+    args = n.args[start:]
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return tuple(args) if args else tuple(n.kwargs.get("shape", n.kwargs.get("dims", ())))
+
+
+def _view(cg: ChannelGraph, n: fx.Node, inp: list[Entry]) -> list[Entry]:
+    """Views that split the channel dim into (g, C/g) or merge it back: the map is row-major either way."""
+    src = n.args[0]
+    si, so = meta.shape(src), meta.shape(n)
+    dims = cg.cdims.get(src.name, ())
+    if dims == (1,) and len(so) == len(si) + 1 and so[0] == si[0] and so[1] * so[2] == si[1] and so[3:] == si[2:]:
+        # (N, C) -> (N, g, C/g): after pruning the view recomputes the grid from the new C, so the
+        # g entries of each column must go together for the grid (and any shuffle) to keep its meaning
+        g, k = so[1], so[2]
+        for j in range(k):
+            column = [inp[i * k + j] for i in range(g)]
+            if all(e is not None for e in column):
+                for e in column[1:]:
+                    cg.graph.add_edge(column[0], e)
+            elif any(e is not None for e in column):
+                _block(cg, column, f"view '{n.name}' groups prunable with fixed channels")
+        cg.cdims[n.name] = (1, 2)
+        return list(inp)
+    if dims == (1, 2) and len(so) == len(si) - 1 and so[0] == si[0] and so[1] == si[1] * si[2] and so[2:] == si[3:]:
+        cg.cdims[n.name] = (1,)
+        return list(inp)
+    if dims == (1,) and len(so) == 2 and so[0] == si[0]:  # x.view(N, -1): a flatten
+        return _flatten(cg, n, src, inp, 1)
+    if si == so:
+        cg.cdims[n.name] = dims
+        return list(inp)
+    _block(cg, inp, f"view '{n.name}' {tuple(si)} -> {tuple(so)} reshapes channels")
+    cg.cdims[n.name] = ()
+    return _fixed(n)
+
+
+def _permute(cg: ChannelGraph, n: fx.Node, inp: list[Entry]) -> list[Entry]:
+    src = n.args[0]
+    nd = len(meta.shape(src))
+    if n.target in ("transpose", torch.transpose):
+        a, b = (x % nd for x in _dims_arg(n)[:2])
+        order = list(range(nd))
+        order[a], order[b] = order[b], order[a]
+    else:
+        order = [x % nd for x in _dims_arg(n)]
+    dims = cg.cdims.get(src.name, ())
+    new_dims = tuple(order.index(d) for d in dims)
+    if len(dims) <= 1 or list(new_dims) == sorted(new_dims):
+        cg.cdims[n.name] = tuple(sorted(new_dims)) if len(dims) > 1 else new_dims
+        return list(inp)
+    # the channel dims themselves are reordered (channel shuffle): permute the row-major map
+    shape = [meta.shape(src)[d] for d in dims]
+    idx = torch.arange(len(inp)).reshape(shape)
+    order_new = sorted(new_dims)
+    moved = idx.permute([new_dims.index(x) for x in order_new])  # old channel axis at each new position
+    cg.cdims[n.name] = tuple(order_new)
+    return [inp[i] for i in moved.flatten().tolist()]
+
+
+def _split(cg: ChannelGraph, n: fx.Node, inp: list[Entry]) -> list[Entry]:
+    src = n.args[0]
+    d = cg.cdim(src)
+    how = n.args[1] if len(n.args) > 1 else n.kwargs.get("chunks", n.kwargs.get("split_size_or_sections", n.kwargs.get("split_size")))
+    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+    nd = len(meta.shape(src))
+    if d is None or dim % nd != d:
+        _block(cg, inp, f"'{n.name}' splits a non-channel dim")
+        return []
+    width = len(inp)
+    if n.target not in ("chunk", torch.chunk) or width % how:
+        # split sizes are constants in the graph and would not follow a pruned width
+        _block(cg, inp, f"'{n.name}' splits channels into fixed sizes")
+        sizes = [how] * (width // how) if isinstance(how, int) else list(how)
+    else:
+        sizes = [width // how] * how
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(inp[start:start + size])
+        start += size
+    if n.target in ("chunk", torch.chunk) and not width % how:
+        # chunk recomputes equal pieces from the pruned width: prune every piece at the same positions
+        for piece in pieces[1:]:
+            for a, b in zip(pieces[0], piece):
+                if a is not None and b is not None:
+                    cg.graph.add_edge(a, b)
+                elif a is not None or b is not None:
+                    _block(cg, [a, b], f"chunk '{n.name}' pairs prunable with fixed channels")
+    cg.pieces[n.name] = pieces
+    cg.cdims[n.name] = (d,)
+    return []

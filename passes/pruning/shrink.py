@@ -17,7 +17,10 @@ from compiler.graph import fetch_attr
 from .depgraph import ChannelGraph, Entry
 
 
-def kept_positions(entries: list[Entry], removed: set[tuple[int, int]]) -> torch.Tensor:
+def kept_positions(entries: list[Entry], removed: set[tuple[int, int]]) -> torch.Tensor | None:
+    """Positions of ``entries`` that survive, or None when nothing is removed there."""
+    if not any(e in removed for e in entries):
+        return None
     return torch.tensor([p for p, e in enumerate(entries) if e not in removed], dtype=torch.long)
 
 
@@ -31,9 +34,9 @@ _SIZE_ATTR = {(nn.Conv2d, 0): "out_channels", (nn.Conv2d, 1): "in_channels",
               (nn.Linear, 0): "out_features", (nn.Linear, 1): "in_features"}
 
 
-def _shrink_layer(m: nn.Module, dim: int, keep: torch.Tensor) -> None:
+def _shrink_layer(m: nn.Module, dim: int, keep: torch.Tensor | None) -> None:
     """Keep ``keep`` along the weight's output (dim 0, with the bias) or input (dim 1) channels."""
-    if len(keep) == m.weight.shape[dim]:
+    if keep is None or len(keep) == m.weight.shape[dim]:
         return
     m.weight = _param(m.weight, dim, keep)
     if dim == 0:
@@ -52,6 +55,8 @@ def shrink(gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]]) 
     for name in cg.followers:
         n = nodes[name]
         keep = kept_positions(cg.maps[n.args[0].name], removed)
+        if keep is None:
+            continue
         if n.op == "call_function":  # F.batch_norm on stored tensors
             for a in n.args[1:5]:
                 if isinstance(a, fx.Node) and a.op == "get_attr":
@@ -74,14 +79,13 @@ def shrink(gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]]) 
 
 def masked_forward(gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]], *inputs):
     """The oracle: run the *unpruned* graph with every removed channel zeroed wherever it appears."""
-    from .depgraph import channel_dim
-
     masks = {}
     for n in gm.graph.nodes:
         entries = cg.maps.get(n.name) or []
         drop = [p for p, e in enumerate(entries) if e in removed]
-        if drop:
-            masks[n.name] = (channel_dim(n), torch.tensor(drop))
+        d = cg.cdim(n)
+        if drop and d is not None:  # a (g, C/g) view holds values already zeroed upstream
+            masks[n.name] = (d, torch.tensor(drop))
 
     class Masked(fx.Interpreter):
         def run_node(self, n):
