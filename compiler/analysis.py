@@ -10,6 +10,7 @@ Other ops count 0: they are bandwidth, not MACs, and the cost model accounts for
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import torch
@@ -102,8 +103,6 @@ def node_macs(gm: fx.GraphModule, n: fx.Node) -> int:
         rule = MODULE_MACS.get(type(m))
         return rule(m, n) if rule else 0
     if n.op == "call_function":
-        import operator
-
         if n.target is operator.matmul:
             return _matmul_macs(n)
         rule = FUNCTION_MACS.get(n.target)

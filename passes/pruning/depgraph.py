@@ -218,7 +218,7 @@ def _reduces_spatial_only(n: fx.Node) -> bool:
     dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
     dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
     nd = len(meta.shape(n.args[0]) or ())
-    return bool(dims) and all(d % nd >= 2 for d in dims) and not n.kwargs.get("keepdim", False) is None
+    return bool(dims) and all(d % nd >= 2 for d in dims)
 
 
 def _elementwise(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
