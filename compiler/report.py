@@ -101,22 +101,34 @@ class CompileReport:
 
 
 def layer_table(details: list[dict]) -> list[str]:
-    """Per-layer rows of a lossy pass, with totals over the rewritten layers."""
-    head = ["layer", "method", "rank", "params", "MACs", "weight err", "output err"]
-    body = [
-        [d["layer"], d["method"], "x".join(map(str, d["rank"])),
-         f"{d['params_before']:,} -> {d['params_after']:,}",
-         f"{_si(d['macs_before'])} -> {_si(d['macs_after'] or 0)}",
-         f"{d['weight_rel_err']:.3f}", _sci(d["output_rel_err"])]
-        for d in details
-    ]
-    pb, pa = sum(d["params_before"] for d in details), sum(d["params_after"] for d in details)
-    mb, ma = sum(d["macs_before"] for d in details), sum(d["macs_after"] or 0 for d in details)
-    body.append([f"total ({len(details)} layers)", "", "", f"{pb:,} -> {pa:,} ({pb / max(pa, 1):.2f}x)",
-                 f"{_si(mb)} -> {_si(ma)} ({mb / max(ma, 1):.2f}x)", "", ""])
+    """Per-layer (or per-group) rows of a lossy pass, with totals of the before/after columns."""
+    keys = list(details[0])
+    pairs = [k[: -len("_before")] for k in keys if k.endswith("_before") and k[: -len("_before")] + "_after" in keys]
+    plain = [k for k in keys if not any(k in (f"{p}_before", f"{p}_after") for p in pairs)]
+    head = plain + pairs
+    body = [[_cell(d[k]) for k in plain] + [f"{_cell(d[p + '_before'])} -> {_cell(d[p + '_after'])}" for p in pairs]
+            for d in details]
+    totals = []
+    for p in pairs:
+        b, a = sum(d[p + "_before"] or 0 for d in details), sum(d[p + "_after"] or 0 for d in details)
+        totals.append(f"{_cell(b)} -> {_cell(a)} ({b / max(a, 1):.2f}x)")
+    body.append([f"total ({len(details)})"] + [""] * (len(plain) - 1) + totals)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = lambda cells: "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return [fmt(head), fmt(["-" * w for w in widths]), *(fmt(b) for b in body)]
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}" if v < 10**6 else _si(v)
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        text = "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else ", ".join(map(str, v))
+        return text if len(text) <= 40 else text[:37] + "..."
+    return str(v)
 
 
 def _si(x: int) -> str:

@@ -20,9 +20,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from compiler.analysis import node_macs
 from compiler.errors import PipelineError, choices
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
+from compiler.trace import propagate_shapes
 
 from .pruning.depgraph import analyse
 from .pruning.plan import PLAN_META, PruningPlan
@@ -70,7 +72,14 @@ class PruneChannels(Pass, name="prune_channels"):
         removed = {e for unit in plan["removed_units"] for e in unit}
         if removed:
             gm.meta[PLAN_META] = PruningPlan.from_removed(gm, cg, removed)
+            by_path = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+            before = {g["layers"][0]: _cost(gm, by_path, g["layers"]) for g in plan["groups"]}
             shrink(gm, cg, removed)
+            gm.recompile()
+            propagate_shapes(gm, ctx.example_inputs)
+            for g in plan["groups"]:  # params and MACs of the group's producing layers
+                (g["params_before"], g["macs_before"]), (g["params_after"], g["macs_after"]) = (
+                    before[g["layers"][0]], _cost(gm, by_path, g["layers"]))
         return PassResult(modified=bool(removed), matches=len(plan["groups"]), refusals=refusals, details=plan["groups"])
 
     def plan(self, gm: fx.GraphModule, cg) -> dict:
@@ -123,6 +132,11 @@ class PruneChannels(Pass, name="prune_channels"):
             groups.append({"layers": sorted(paths), "channels_before": n, "channels_after": keep,
                            "ratio": ratio, "importance": self.importance})
         return {"removed_units": removed_units, "groups": groups}
+
+
+def _cost(gm: fx.GraphModule, by_path: dict, layers: list[str]) -> tuple[int, int]:
+    params = sum(p.numel() for path in layers for p in gm.get_submodule(path).parameters())
+    return params, sum(node_macs(gm, by_path[path]) for path in layers)
 
 
 def _bn_scales(gm: fx.GraphModule, cg, nodes) -> dict[tuple[int, int], float]:

@@ -57,6 +57,10 @@ def test_mixed_net_matches_masking_oracle_and_shrinks():
     # the SE gate couples the concat [y, c(y)] with se.3, so a.0, b.0, c and se.3 form one group of 24
     groups = sorted(report.row("prune_channels").details, key=lambda g: g["channels_before"])
     assert groups[1]["layers"] == ["a.0", "b.0", "c", "se.3"]
+    for g in groups:
+        assert g["params_after"] < g["params_before"] and g["macs_after"] < g["macs_before"]
+    g = groups[0]  # se.1: Conv2d(24 -> 6, 1x1) with bias; loses 3 outputs and (as a consumer) 12 inputs
+    assert (g["params_before"], g["params_after"]) == (24 * 6 + 6, 12 * 3 + 3)
     assert [(g["channels_before"], g["channels_after"]) for g in groups] == [(6, 3), (24, 12)]
     a, c = gm.get_submodule("a.0").out_channels, gm.get_submodule("c").out_channels
     assert a + c == 12 and a >= 1 and c >= 1  # no layer is ever emptied
@@ -182,3 +186,11 @@ def test_protect_overrides_and_max_ratio():
 
     gm, _ = compiler.PassManager([PruneChannels(ratio=0.5, max_ratio=0.25)]).run(compiler.trace(model, x), (x,))
     assert gm.get_submodule("c").out_channels >= 6 and gm.get_submodule("a.0").out_channels >= 12
+
+
+def test_report_prints_groups():
+    model = randomize_bn(Mixed())
+    cm = compiler.compile(model, torch.randn(1, 3, 8, 8), pipeline=[{"name": "prune_channels", "ratio": 0.5}])
+    text = str(cm.report)
+    assert "a.0, b.0, c, se.3" in text and "24 -> 12" in text and "total (2)" in text
+    assert "prune_channels refused head: reaches the model output" in text
