@@ -45,6 +45,7 @@ class PruneChannels(Pass, name="prune_channels"):
         max_ratio: float = 0.9,  # no single layer loses more than this fraction of its channels
         protect: list[str] | None = None,  # module-path globs whose output channels are kept
         overrides: dict[str, float] | None = None,  # module-path glob -> ratio for the groups it is in
+        global_ranking: bool = False,  # rank units across groups (scores normalised per group) instead of per group
         seed: int = 0,
         tolerance: float = math.inf,
     ) -> None:
@@ -59,6 +60,7 @@ class PruneChannels(Pass, name="prune_channels"):
             raise PipelineError(f"round_to must be an int >= 1, got {round_to!r}")
         self.ratio, self.importance, self.round_to, self.seed = ratio, importance, round_to, seed
         self.max_ratio, self.protect, self.overrides = max_ratio, list(protect or []), dict(overrides or {})
+        self.global_ranking = global_ranking
         self.tolerance = tolerance
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -104,19 +106,23 @@ class PruneChannels(Pass, name="prune_channels"):
         for group in cg.space_groups():
             key = frozenset(group)
             by_group[key] = [u for u in units if next(iter(u))[0] in group]
+        scores = {u: score(u) for u in units}
+        quota = self._global_quota(by_group, scores) if self.global_ranking else {}
         removed_units, groups = [], []
         for group, members in by_group.items():
             paths = [nodes[cg.spaces[s].node].target for s in group]
             ratio = next((r for g, r in self.overrides.items() if any(fnmatch.fnmatchcase(p, g) for p in paths)), self.ratio)
+            if group in quota and not any(fnmatch.fnmatchcase(p, g) for g in self.overrides for p in paths):
+                ratio = quota[group] / max(len(members), 1)
             if not members or ratio == 0:
                 continue
             n = len(members)
-            keep = max(1, n - math.floor(ratio * n))
+            keep = max(1, n - math.floor(ratio * n + 1e-9))
             keep = min(n, math.ceil(keep / self.round_to) * self.round_to)
             left = {s: cg.spaces[s].size for s in group}
             floor = {s: max(1, math.ceil(cg.spaces[s].size * (1 - self.max_ratio))) for s in group}
             drop = []
-            for unit in sorted(members, key=score):
+            for unit in sorted(members, key=scores.__getitem__):
                 if len(drop) == n - keep:
                     break
                 hit = {s for s, _ in unit}
@@ -132,6 +138,20 @@ class PruneChannels(Pass, name="prune_channels"):
             groups.append({"layers": sorted(paths), "channels_before": n, "channels_after": keep,
                            "ratio": ratio, "importance": self.importance})
         return {"removed_units": removed_units, "groups": groups}
+
+    def _global_quota(self, by_group: dict, scores: dict) -> dict:
+        """How many units each group loses when the lowest ``ratio`` of all units go, scores being
+        divided by their group's mean so layers of different scale compare."""
+        ranked = []
+        for group, members in by_group.items():
+            finite = [scores[u] for u in members if math.isfinite(scores[u])]
+            mean = (sum(finite) / len(finite)) if finite else 1.0
+            ranked += [(scores[u] / mean if mean > 0 else scores[u], group) for u in members]
+        ranked.sort(key=lambda t: t[0])
+        quota: dict = {g: 0 for g in by_group}
+        for _, group in ranked[: math.floor(self.ratio * len(ranked))]:
+            quota[group] += 1
+        return quota
 
 
 def _cost(gm: fx.GraphModule, by_path: dict, layers: list[str]) -> tuple[int, int]:

@@ -194,3 +194,42 @@ def test_report_prints_groups():
     text = str(cm.report)
     assert "a.0, b.0, c, se.3" in text and "24 -> 12" in text and "total (2)" in text
     assert "prune_channels refused head: reaches the model output" in text
+
+
+def test_global_ranking_prunes_the_overall_ratio():
+    model = randomize_bn(Mixed())
+    x = torch.randn(1, 3, 8, 8)
+    gm, report = compiler.PassManager([PruneChannels(ratio=0.5, global_ranking=True)]).run(compiler.trace(model, x), (x,))
+    groups = report.row("prune_channels").details
+    before = sum(g["channels_before"] for g in groups)
+    after = sum(g["channels_after"] for g in groups)
+    # the lowest half of all 30 units, however they fall between groups - less any unit kept because
+    # it was the last of its layer
+    assert before == 30 and 15 <= after <= 16
+    assert [g["channels_after"] for g in groups] != [12, 3]  # not simply half of each group
+    gm2 = compiler.trace(model, x)
+    p = PruneChannels(ratio=0.5, global_ranking=True)
+    cg = analyse(gm2)
+    removed = {e for u in p.plan(gm2, cg)["removed_units"] for e in u}
+    assert rel_err(masked_forward(gm2, cg, removed, x), gm(x)) < 1e-4
+
+
+def test_iterative_cubic_schedule_with_callback_and_composed_plan():
+    from passes.pruning.plan import apply_plan, pruning_plan
+    from passes.pruning.schedule import cubic_schedule, prune_iteratively
+
+    assert cubic_schedule(0.5, 3) == pytest.approx([0.5 * (1 - (2 / 3) ** 3), 0.5 * (1 - (1 / 3) ** 3), 0.5])
+    torch.manual_seed(0)
+    model = randomize_bn(Mixed())
+    x = torch.randn(2, 3, 8, 8)
+    calls = []
+    gm = prune_iteratively(model, x, ratio=0.5, steps=3, callback=lambda g, step: calls.append(step))
+    assert calls == [0, 1, 2]
+    assert gm.get_submodule("se.1").out_channels == 4  # 6 -> 4 -> 4 -> 4: each step floors its count
+    assert gm.get_submodule("a.0").out_channels + gm.get_submodule("c").out_channels < 24
+    rebuilt = apply_plan(model, x, pruning_plan(gm))  # the composed plan indexes the original model
+    rebuilt.load_state_dict(gm.state_dict())
+    assert torch.equal(rebuilt(x), gm(x))
+    # the composed plan keeps exactly the original channels the steps kept
+    kept = pruning_plan(gm).keep["se.1"]
+    assert torch.equal(gm.get_submodule("se.1").bias, model.se[1].bias[kept])
