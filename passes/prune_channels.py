@@ -7,8 +7,9 @@ of ``round_to``. Channels reaching the model output (the head's classes) and cha
 op without a rule are never pruned; the report names what blocked them.
 
 Status: conv, linear, BatchNorm, depthwise conv, elementwise add/mul (residuals, SE gates), cat,
-flatten and pass-through ops are covered. Attention heads, LayerNorm/GroupNorm, split/chunk/slice,
-permute/view (channels-last blocks) and channel shuffle still block pruning through them.
+chunk, flatten, permute/transpose, channel-shuffle views and pass-through ops are covered; all 24 zoo
+models prune. LayerNorm/GroupNorm, attention heads, slicing, pixel shuffle and grouped convs with
+groups < channels still block pruning through them, and the report says so.
 """
 from __future__ import annotations
 
