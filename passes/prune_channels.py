@@ -2,8 +2,8 @@
 
 For every group of coupled layers (see ``passes/pruning/depgraph.py``) the pass ranks the group's
 prunable channel units by importance - the L1 or L2 norm of the producing weight rows, averaged
-over the coupled layers, or the |gamma| of their BatchNorms (``bn_scale``, network slimming) - and removes the lowest ``ratio`` of them, keeping the count a multiple
-of ``round_to``. Channels reaching the model output (the head's classes) and channels that meet an
+over the coupled layers, or the |gamma| of their BatchNorms (``bn_scale``, network slimming) - and
+removes the lowest ``ratio`` of them, keeping the count a multiple of ``round_to``. Channels reaching the model output (the head's classes) and channels that meet an
 op without a rule are never pruned; the report names what blocked them.
 
 Status: conv, linear, BatchNorm, depthwise conv, elementwise add/mul (residuals, SE gates), cat,
@@ -13,9 +13,8 @@ groups < channels still block pruning through them, and the report says so.
 """
 from __future__ import annotations
 
-import math
-
 import fnmatch
+import math
 
 import torch
 import torch.fx as fx
