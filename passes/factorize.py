@@ -47,6 +47,8 @@ SKIP = "skip"
 class Factorize(Pass, name="factorize"):
     """Low-rank factorization of Conv2d/Linear layers: svd, spatial_svd, tucker2, cp or tt."""
 
+    preserves = frozenset({"shapes"})  # run() re-propagates shapes after rewriting, for its MAC columns
+
     def __init__(
         self,
         *,

@@ -36,6 +36,8 @@ IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 class PruneChannels(Pass, name="prune_channels"):
     """Remove the least important channels of every coupled layer group (physically shrinks layers)."""
 
+    preserves = frozenset({"shapes"})  # run() re-propagates shapes after rewriting, for its MAC columns
+
     def __init__(
         self,
         *,
