@@ -1,7 +1,6 @@
 """``compile()``: trace, run a pipeline of passes, and hand the result to a backend."""
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Iterable
@@ -56,7 +55,6 @@ class CompiledModel(nn.Module):
 def run_eager(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     """Run ``model`` in eval mode, naming the submodule that fails when the inputs do not fit."""
     stack: list[str] = []
-    failed: list[str] = []
     names = {m: name for name, m in model.named_modules()}
 
     def pre(m, _args):
@@ -121,7 +119,7 @@ def compile(
     t0 = time.perf_counter()
     gm = trace(model, inputs, leaf_modules=leaf_modules)
     trace_seconds = time.perf_counter() - t0
-    gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=copy.deepcopy(reference))
+    gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target

@@ -13,6 +13,7 @@ A rank spec is one of:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +78,7 @@ def resolve_ranks(spec: RankSpec, method: Method, w: torch.Tensor) -> Ranks:
     if spec.kind == "fraction":
         return clip([round(spec.value * b) for b in bounds])
     if spec.kind == "params":
-        budget = spec.value * _numel(shape)
+        budget = spec.value * math.prod(shape)
         lo, hi = 0.0, 1.0
         for _ in range(30):  # bisection on the uniform fraction
             mid = (lo + hi) / 2
@@ -97,9 +98,3 @@ def resolve_ranks(spec: RankSpec, method: Method, w: torch.Tensor) -> Ranks:
         return clip(method.to_slots([evbmf_rank(s.cpu().numpy(), shp, total) for s, shp, total in spectra]))
     raise ValueError(f"unknown rank kind {spec.kind!r}")
 
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
