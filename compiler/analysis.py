@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import meta
-from .ops import FusedOp, TTLinear
+from .ops import Attention, FusedOp, TTLinear
 from .trace import propagate_shapes
 
 ModuleMacs = Callable[[nn.Module, fx.Node], int]
@@ -37,17 +37,15 @@ def _linear_macs(m: nn.Linear, n: fx.Node) -> int:
     return _numel(meta.shape(n)) * m.in_features
 
 
-def _mha_macs(m: nn.MultiheadAttention, n: fx.Node) -> int:
+def _attention_macs(m: nn.MultiheadAttention | Attention, n: fx.Node) -> int:
     q, k = n.args[0], n.args[1]
     qs, ks = meta.shape(q), meta.shape(k)
     if qs is None or ks is None or len(qs) != 3:
         return 0
-    e = m.embed_dim
+    inner, e = m.num_heads * m.head_dim, m.embed_dim
     batch = qs[0] if m.batch_first else qs[1]
-    tq, tk = _numel(qs) // e, _numel(ks) // e  # tokens, batch included
-    projections = (2 * tq + 2 * tk) * e * e  # q, out; k, v
-    attention = 2 * tq * (tk // batch) * e  # QK^T and AV
-    return projections + attention
+    tq, tk = _numel(qs) // e, _numel(ks) // e
+    return (2 * tq + 2 * tk) * e * inner + 2 * tq * (tk // batch) * inner
 
 
 def _tt_linear_macs(m: TTLinear, n: fx.Node) -> int:
@@ -60,7 +58,8 @@ MODULE_MACS: dict[type, ModuleMacs] = {
     nn.Conv2d: _conv_macs,
     nn.Conv3d: _conv_macs,
     nn.Linear: _linear_macs,
-    nn.MultiheadAttention: _mha_macs,
+    nn.MultiheadAttention: _attention_macs,
+    Attention: _attention_macs,
 }
 
 

@@ -86,3 +86,7 @@ class RankError(PipelineError):
 
 class FactorizationError(CompilerError):
     """A layer cannot be factorized (for example NaN or inf weights); names the layer."""
+
+
+class PruningError(PipelineError):
+    """A pruning request cannot be carried out: it would empty a layer or a piece, or a plan does not fit."""

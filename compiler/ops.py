@@ -98,3 +98,78 @@ class TTLinear(nn.Module):
     def extra_repr(self) -> str:
         ranks = [c.shape[3] for c in self.cores][:-1]
         return f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={ranks}, bias={self.bias is not None}"
+
+
+class Attention(nn.Module):
+    r"""Multi-head attention whose inner width ``num_heads * head_dim`` may differ from ``embed_dim``.
+
+    This is what head pruning turns an ``nn.MultiheadAttention`` into (which requires the two to be
+    equal)::
+
+        q, k, v = x W_q^T, x W_k^T, x W_v^T        # (N, L, H*D), split into H heads of width D
+        y = concat_h(softmax(q_h k_h^T / sqrt(D)) v_h) W_o^T + b_o
+
+    It is called like ``nn.MultiheadAttention`` (same argument names, ``(output, weights)`` result)
+    and stays one leaf when traced, so pruning can find its heads again.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True, batch_first: bool = False):
+        super().__init__()
+        inner = num_heads * head_dim
+        self.embed_dim, self.num_heads, self.head_dim, self.batch_first = embed_dim, num_heads, head_dim, batch_first
+        self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+
+    @classmethod
+    def from_mha(cls, m: nn.MultiheadAttention) -> "Attention":
+        """The same attention as ``m`` (packed in-projection, no bias_k/bias_v), with separate q/k/v."""
+        e = m.embed_dim
+        out = cls(e, m.num_heads, m.head_dim, bias=m.in_proj_bias is not None, batch_first=m.batch_first)
+        with torch.no_grad():
+            for i, proj in enumerate((out.q_proj, out.k_proj, out.v_proj)):
+                proj.weight.copy_(m.in_proj_weight[i * e:(i + 1) * e])
+                if m.in_proj_bias is not None:
+                    proj.bias.copy_(m.in_proj_bias[i * e:(i + 1) * e])
+            out.out_proj.load_state_dict(m.out_proj.state_dict())
+        return out.to(m.out_proj.weight.dtype)
+
+    def select_heads(self, heads: list[int]) -> "Attention":
+        """A copy that keeps only ``heads``."""
+        d = self.head_dim
+        out = Attention(self.embed_dim, len(heads), d, bias=self.q_proj.bias is not None, batch_first=self.batch_first)
+        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads])
+        with torch.no_grad():
+            for new, old in ((out.q_proj, self.q_proj), (out.k_proj, self.k_proj), (out.v_proj, self.v_proj)):
+                new.weight.copy_(old.weight[rows])
+                if old.bias is not None:
+                    new.bias.copy_(old.bias[rows])
+            out.out_proj.weight.copy_(self.out_proj.weight[:, rows])
+            if self.out_proj.bias is not None:
+                out.out_proj.bias.copy_(self.out_proj.bias)
+        return out.to(self.out_proj.weight.dtype)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
+                need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False):
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise NotImplementedError("fxcompress Attention does not take masks (head pruning leaves masked attention alone)")
+        if not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        n, lq, _ = query.shape
+        h, d = self.num_heads, self.head_dim
+        q = self.q_proj(query).reshape(n, lq, h, d).transpose(1, 2)
+        k = self.k_proj(key).reshape(n, key.shape[1], h, d).transpose(1, 2)
+        v = self.v_proj(value).reshape(n, value.shape[1], h, d).transpose(1, 2)
+        attn = torch.softmax((q * d ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        y = self.out_proj((attn @ v).transpose(1, 2).reshape(n, lq, h * d))
+        if not self.batch_first:
+            y = y.transpose(0, 1)
+        weights = (attn.mean(1) if average_attn_weights else attn) if need_weights else None
+        return y, weights
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, batch_first={self.batch_first}"
+
+
+LEAF_OPS = (Attention,)  # traced as one call_module, so passes see them whole

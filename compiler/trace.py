@@ -20,6 +20,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import InputError, TraceError
+from .ops import LEAF_OPS
 
 TRACE_INFO = "fxcompress.trace"
 LeafSpec = type[nn.Module] | str
@@ -49,7 +50,7 @@ class _Tracer(fx.Tracer):
         self.leaf_paths = leaf_paths
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self.leaf_paths or (self.leaf_types and isinstance(m, self.leaf_types)):
+        if qualname in self.leaf_paths or isinstance(m, LEAF_OPS) or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -1,36 +1,38 @@
 """``prune_channels``: structured channel pruning over the fx channel dependency graph.
 
 For every group of coupled layers (see ``passes/pruning/depgraph.py``) the pass ranks the group's
-prunable channel units by importance - the L1 or L2 norm of the producing weight rows, averaged
-over the coupled layers, or the |gamma| of their BatchNorms (``bn_scale``, network slimming) - and
-removes the lowest ``ratio`` of them, keeping the count a multiple of ``round_to``. Channels reaching the model output (the head's classes) and channels that meet an
-op without a rule are never pruned; the report names what blocked them.
+prunable units - channels, or the heads of attention layers - by importance
+(``passes/pruning/importance.py``: L1/L2 weight norms, BatchNorm scale, first-order Taylor on data,
+or random), aggregated over the coupled layers, and removes the lowest ``ratio`` of them, keeping
+the count a multiple of ``round_to``. Channels reaching the model output (the head's classes) and
+channels that meet an op without a rule are never pruned; the report names what blocked them.
 
-Status: conv, linear, BatchNorm, depthwise conv, elementwise add/mul (residuals, SE gates), cat,
-chunk, flatten, permute/transpose, channel-shuffle views and pass-through ops are covered; all 24 zoo
-models prune. LayerNorm/GroupNorm, attention heads, slicing, pixel shuffle and grouped convs with
-groups < channels still block pruning through them, and the report says so.
+Covered: conv, linear, grouped and depthwise conv, BatchNorm, LayerNorm, GroupNorm, attention heads
+(``nn.MultiheadAttention``), elementwise add/mul with layer scales and position embeddings, cat,
+chunk, split, narrow and slicing (their constants are recounted), flatten, views, permute/transpose,
+channel shuffle, pixel shuffle and pass-through ops. Swin's and MaxViT's functional attention keep
+their heads (the MLP width still prunes).
 """
 from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from compiler.analysis import node_macs
-from compiler.errors import PipelineError, choices
+from compiler.errors import PipelineError, PruningError, choices
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 from compiler.trace import propagate_shapes
 
 from .pruning.depgraph import analyse
+from .pruning.importance import AGGREGATE, IMPORTANCE, entry_scores, unit_score
 from .pruning.plan import PLAN_META, PruningPlan
 from .pruning.shrink import shrink
-
-IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 
 
 class PruneChannels(Pass, name="prune_channels"):
@@ -43,12 +45,15 @@ class PruneChannels(Pass, name="prune_channels"):
         *,
         ratio: float = 0.3,
         importance: str = "l1",
+        aggregate: str = "mean",  # how a unit's coupled entries combine: mean, sum or max
         round_to: int = 1,  # keep channel counts multiples of this (8 or 16 suit SIMD kernels)
         max_ratio: float = 0.9,  # no single layer loses more than this fraction of its channels
         protect: list[str] | None = None,  # module-path globs whose output channels are kept
         overrides: dict[str, float] | None = None,  # module-path glob -> ratio for the groups it is in
         global_ranking: bool = False,  # rank units across groups (scores normalised per group) instead of per group
         seed: int = 0,
+        data: Iterable | None = None,  # (inputs, targets) batches, for importance="taylor"
+        loss_fn: Callable | None = None,  # loss(output, targets) for taylor; cross-entropy by default
         tolerance: float = math.inf,
     ) -> None:
         for what, r in [("ratio", ratio), *((f"overrides['{g}']", v) for g, v in (overrides or {}).items())]:
@@ -58,18 +63,22 @@ class PruneChannels(Pass, name="prune_channels"):
             raise PipelineError(f"prune_channels max_ratio must be in (0, 1], got {max_ratio!r}")
         if importance not in IMPORTANCE:
             raise PipelineError(f"unknown importance '{importance}', valid choices are {choices(IMPORTANCE)}")
+        if aggregate not in AGGREGATE:
+            raise PipelineError(f"unknown aggregate '{aggregate}', valid choices are {choices(AGGREGATE)}")
+        if importance == "taylor" and data is None:
+            raise PruningError("importance='taylor' needs data: pass data=[(inputs, targets), ...] (a few labelled "
+                               "batches) to PruneChannels; pipeline files cannot carry data, build the pass in Python")
         if not (isinstance(round_to, int) and round_to >= 1):
             raise PipelineError(f"round_to must be an int >= 1, got {round_to!r}")
         self.ratio, self.importance, self.round_to, self.seed = ratio, importance, round_to, seed
         self.max_ratio, self.protect, self.overrides = max_ratio, list(protect or []), dict(overrides or {})
-        self.global_ranking = global_ranking
+        self.global_ranking, self.aggregate, self.data, self.loss_fn = global_ranking, aggregate, data, loss_fn
         self.tolerance = tolerance
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         cg = analyse(gm)
-        nodes = {n.name: n for n in gm.graph.nodes}
         for sp in cg.spaces:
-            if any(fnmatch.fnmatchcase(nodes[sp.node].target, g) for g in self.protect):
+            if any(fnmatch.fnmatchcase(sp.path, g) for g in self.protect):
                 cg.blocked.setdefault(sp.id, "protected (protect=)")
         plan = self.plan(gm, cg)
         refusals = [Refusal(cg.spaces[s].node, reason) for s, reason in sorted(cg.blocked.items())]
@@ -88,31 +97,17 @@ class PruneChannels(Pass, name="prune_channels"):
 
     def plan(self, gm: fx.GraphModule, cg) -> dict:
         """Which channel units to remove: a plain, serialisable decision."""
-        nodes = {n.name: n for n in gm.graph.nodes}
         units = cg.components()
-        gen = torch.Generator().manual_seed(self.seed)
-
-        gammas = _bn_scales(gm, cg, nodes) if self.importance == "bn_scale" else {}
-
-        def score(unit) -> float:
-            if self.importance == "random":
-                return torch.rand((), generator=gen).item()
-            if self.importance == "bn_scale":  # network slimming; a unit no BatchNorm scales is kept
-                vals = [gammas[e] for e in unit if e in gammas]
-                return sum(vals) / len(vals) if vals else math.inf
-            p = 1 if self.importance == "l1" else 2
-            vals = [gm.get_submodule(nodes[cg.spaces[s].node].target).weight[i].detach().norm(p=p).item() for s, i in unit]
-            return sum(vals) / len(vals)
-
+        entries = entry_scores(gm, cg, self.importance, seed=self.seed, data=self.data, loss_fn=self.loss_fn)
+        scores = {u: unit_score(u, entries, self.aggregate) for u in units}
         by_group: dict[frozenset, list] = {}
         for group in cg.space_groups():
-            key = frozenset(group)
-            by_group[key] = [u for u in units if next(iter(u))[0] in group]
-        scores = {u: score(u) for u in units}
+            by_group[frozenset(group)] = [u for u in units if next(iter(u))[0] in group]
         quota = self._global_quota(by_group, scores) if self.global_ranking else {}
         removed_units, groups = [], []
+        alive = [set(p) for p in cg.nonempty]  # what is left of each slice / split piece
         for group, members in by_group.items():
-            paths = [nodes[cg.spaces[s].node].target for s in group]
+            paths = [cg.spaces[s].path for s in group]
             ratio = next((r for g, r in self.overrides.items() if any(fnmatch.fnmatchcase(p, g) for p in paths)), self.ratio)
             if group in quota and not any(fnmatch.fnmatchcase(p, g) for g in self.overrides for p in paths):
                 ratio = quota[group] / max(len(members), 1)
@@ -128,16 +123,19 @@ class PruneChannels(Pass, name="prune_channels"):
                 if len(drop) == n - keep:
                     break
                 hit = {s for s, _ in unit}
-                if any(left[s] <= floor[s] for s in hit):
-                    continue  # never empty a layer, nor cut it past max_ratio: try the next unit
+                pieces = [p for p in alive if p & unit]
+                if any(left[s] <= floor[s] for s in hit) or any(p <= unit for p in pieces):
+                    continue  # never empty a layer or a slice, nor cut a layer past max_ratio: try the next unit
                 for s in hit:
                     left[s] -= 1
+                for p in pieces:
+                    alive[alive.index(p)] = p - unit
                 drop.append(unit)
             if not drop:
                 continue
-            keep = n - len(drop)
             removed_units += drop
-            groups.append({"layers": sorted(paths), "channels_before": n, "channels_after": keep,
+            unit = "heads" if any(cg.spaces[s].kind == "heads" for s in group) else "channels"
+            groups.append({"layers": sorted(paths), "unit": unit, "channels_before": n, "channels_after": n - len(drop),
                            "ratio": ratio, "importance": self.importance})
         return {"removed_units": removed_units, "groups": groups}
 
@@ -159,16 +157,3 @@ class PruneChannels(Pass, name="prune_channels"):
 def _cost(gm: fx.GraphModule, by_path: dict, layers: list[str]) -> tuple[int, int]:
     params = sum(p.numel() for path in layers for p in gm.get_submodule(path).parameters())
     return params, sum(node_macs(gm, by_path[path]) for path in layers)
-
-
-def _bn_scales(gm: fx.GraphModule, cg, nodes) -> dict[tuple[int, int], float]:
-    """|gamma| of the BatchNorm that normalises each channel (Liu et al. 2017, network slimming)."""
-    out = {}
-    for name in cg.followers:
-        n = nodes[name]
-        m = gm.get_submodule(n.target) if n.op == "call_module" else None
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            for p, e in enumerate(cg.maps[n.args[0].name]):
-                if e is not None:
-                    out[e] = abs(m.weight[p].item())
-    return out

@@ -90,31 +90,12 @@ def test_round_to_keeps_multiples():
     assert rel_err(oracle, out) < 1e-4
 
 
-class Grouped(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3)
-        self.g = nn.Conv2d(8, 8, 3, groups=2)
-        self.head = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x):
-        return self.head(self.g(self.a(x)))
-
-
-def test_grouped_conv_blocks_with_a_reason():
-    model = Grouped().eval()
-    x = torch.randn(1, 3, 9, 9)
-    gm, report = compiler.PassManager([PruneChannels(ratio=0.5)]).run(compiler.trace(model, x), (x,))
-    row = report.row("prune_channels")
-    assert not row.modified
-    assert {r.node: r.reason for r in row.refusals}["a"] == "grouped conv 'g' (groups=2)"
-
-
 @pytest.mark.parametrize("kwargs, match", [
     ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"), ({"ratio": -0.1}, r"ratio must be in \[0, 1\)"),
-    ({"importance": "hessian"}, r"unknown importance 'hessian', valid choices are \['bn_scale', 'l1', 'l2', 'random'\]"),
+    ({"importance": "hessian"}, r"unknown importance 'hessian', valid choices are \['bn_scale', 'l1', 'l2', 'random', 'taylor'\]"),
     ({"round_to": 0}, "round_to must be an int >= 1"),
     ({"max_ratio": 0}, r"max_ratio must be in \(0, 1\]"),
+    ({"aggregate": "median"}, r"unknown aggregate 'median', valid choices are \['max', 'mean', 'sum'\]"),
     ({"overrides": {"a.*": 1.2}}, r"overrides\['a.\*'\] must be in \[0, 1\)"),
 ])
 def test_bad_arguments(kwargs, match):
@@ -130,8 +111,9 @@ def test_zoo_matches_masking_oracle_and_export(name, tmp_path):
     gm, report, oracle, out = prune_and_oracle(model, x, ratio=0.3)
     assert rel_err(oracle, out) < 1e-4
     row = report.row("prune_channels")
-    # transformers lose MLP width only (attention heads and LayerNorm-coupled channels are not pruned yet)
-    assert row.modified and row.params < 0.97 * report.row("trace").params
+    assert row.modified and row.params < 0.9 * report.row("trace").params
+    if name == "vit_b_16":  # every encoder layer loses heads
+        assert sum(g["unit"] == "heads" for g in row.details) == 12
     cm = compiler.compile(gm, x)  # the pruned model is an ordinary module: trace and compile it again
     assert cm.export_onnx(tmp_path / "p.onnx").max_rel_err < 1e-4
 
@@ -233,3 +215,18 @@ def test_iterative_cubic_schedule_with_callback_and_composed_plan():
     # the composed plan keeps exactly the original channels the steps kept
     kept = pruning_plan(gm).keep["se.1"]
     assert torch.equal(gm.get_submodule("se.1").bias, model.se[1].bias[kept])
+
+
+@pytest.mark.slow
+def test_swin_t_prunes_under_4_gb_peak_memory():
+    """Peak RSS of a fresh process that builds, traces and prunes swin_t at 0.3 (issue 4 bound: 4 GB)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, compiler\nfrom compiler import zoo\nm, x = zoo.build('swin_t')\n"
+            "cm = compiler.compile(m, x, pipeline=[{'name': 'prune_channels', 'ratio': 0.3}])\n"
+            "assert cm.report.row('prune_channels').modified\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak_gb = int(out.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
+    assert peak_gb < 4.0, f"swin_t pruning peaked at {peak_gb:.2f} GB"

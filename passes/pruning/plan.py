@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from compiler.errors import PipelineError
+from compiler.errors import PipelineError, PruningError
 from compiler.fileio import write_text_atomic
 from compiler.trace import as_input_tuple, propagate_shapes, trace
 
@@ -36,12 +36,11 @@ class PruningPlan:
 
     @classmethod
     def from_removed(cls, gm: fx.GraphModule, cg: ChannelGraph, removed: set[tuple[int, int]]) -> "PruningPlan":
-        nodes = {n.name: n for n in gm.graph.nodes}
         keep = {}
         for s in cg.spaces:
             kept = [i for i in range(s.size) if (s.id, i) not in removed]
             if len(kept) < s.size:
-                keep[nodes[s.node].target] = kept
+                keep[s.path] = kept
         return cls(keep)
 
     def to_json(self) -> str:
@@ -73,15 +72,16 @@ def apply_plan(model: nn.Module, example_inputs, plan: PruningPlan) -> fx.GraphM
     inputs = as_input_tuple(example_inputs)
     gm = trace(model, inputs)
     cg = analyse(gm)
-    nodes = {n.name: n for n in gm.graph.nodes}
-    by_path = {nodes[s.node].target: s for s in cg.spaces}
+    by_path = {s.path: s for s in cg.spaces}
     unknown = set(plan.keep) - set(by_path)
     if unknown:
         raise PipelineError(f"pruning plan names layers this model does not have: {sorted(unknown)}")
     removed = set()
     for path, kept in plan.keep.items():
         s = by_path[path]
-        if any(not 0 <= i < s.size for i in kept) or not kept:
+        if not kept:
+            raise PruningError(f"pruning plan removes every {s.kind[:-1]} of '{path}'; a layer keeps at least one")
+        if any(not 0 <= i < s.size for i in kept):
             raise PipelineError(f"pruning plan keeps invalid channels {kept[:5]}... of '{path}' (size {s.size})")
         removed |= {(s.id, i) for i in set(range(s.size)) - set(kept)}
     shrink(gm, cg, removed)
