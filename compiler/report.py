@@ -45,6 +45,7 @@ class CompileReport:
     auto_leaves: list[dict] = field(default_factory=list)  # {path, reason}: submodules kept whole
     target: str = "torch"
     export: dict | None = None  # ONNX export: path, opset, parity errors
+    backend: dict | None = None  # what the target backend reports (OpenCL: steps, fallbacks, peak memory)
     warnings: list[str] = field(default_factory=list)
 
     def row(self, name: str) -> PassRow:

@@ -26,9 +26,10 @@ class Backend(Protocol):
 
 def available_backends() -> dict[str, Backend]:
     from .onnx import OnnxBackend
+    from .opencl.backend import OpenCLBackend
     from .reference import TorchBackend
 
-    return {b.name: b for b in (TorchBackend(), OnnxBackend())}
+    return {b.name: b for b in (TorchBackend(), OnnxBackend(), OpenCLBackend())}
 
 
 def get_backend(name: str) -> Backend:

@@ -1,0 +1,112 @@
+"""``compile(..., target="opencl")``: lower the graph, plan the arena, and run the steps.
+
+The runner uploads the inputs (four-dimensional ones to NHWC), enqueues every step back to back
+with one ``finish`` at the end (a synchronised launch costs about 25 us on PoCL, a queued one about
+2 us), and downloads the outputs in their logical layout. Torch-fallback steps synchronise.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.fx as fx
+
+from compiler import meta
+from compiler.errors import InputError
+from compiler.report import CompileReport
+
+from .device import open_device
+from .lower import Lowered, Lowering, Value, download, fold_constants, upload
+from .memory import Interval, plan_arena
+
+
+class OpenCLBackend:
+    name = "opencl"
+
+    def __init__(self, device: str | None = None, *, strict: bool = False, profile: bool = False):
+        self.selector, self.strict, self.profile = device, strict, profile
+
+    def prepare(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], report: CompileReport):
+        t0 = time.perf_counter()
+        device = open_device(self.selector)
+        lowered = Lowering(gm, device, fold_constants(gm, example_inputs), strict=self.strict).run(example_inputs)
+        runner = Runner(device, lowered, example_inputs, profile=self.profile)
+        report.backend = {
+            "device": device.name, "steps": len(lowered.steps), "fallbacks": [f"{n} ({op})" for n, op in lowered.fallbacks],
+            "peak_device_bytes": runner.arena_bytes, "lowering_s": round(time.perf_counter() - t0, 3),
+        }
+        return runner
+
+
+def _storages(vs) -> set[int]:
+    return {v.storage for v in vs if isinstance(v, Value)}
+
+
+def _leaves(x) -> list:
+    if isinstance(x, (list, tuple)):
+        return [y for e in x for y in _leaves(e)]
+    return [x]
+
+
+class Runner:
+    """Runs a lowered graph; called like the model."""
+
+    def __init__(self, device, lowered: Lowered, example_inputs, *, profile: bool = False):
+        self.device, self.lowered = device, lowered
+        self.shapes = [tuple(t.shape) for t in example_inputs]
+        steps, first, last = lowered.steps, {}, {}
+        for i, s in enumerate(steps):
+            for st in _storages(s.writes):
+                first.setdefault(st, i)
+                last[st] = max(last.get(st, i), i)
+            for st in _storages(s.reads):
+                last[st] = max(last.get(st, -1), i)
+        for st in _storages(lowered.inputs):
+            first[st] = -1
+        for st in _storages(_leaves(lowered.outputs)):
+            last[st] = len(steps)
+        intervals = [Interval(st, size, first.get(st, -1), last.get(st, first.get(st, -1)))
+                     for st, size in lowered.storage_sizes.items() if size]
+        self.offsets, size = plan_arena(intervals)
+        self.arena_bytes = 4 * max(size, 1)
+        self.arena = device.alloc(self.arena_bytes, what="allocating the activation arena")
+        self.queue = device.queue(profiling=profile)
+
+    def __call__(self, *inputs: torch.Tensor):
+        if len(inputs) != len(self.shapes) or any(tuple(t.shape) != s for t, s in zip(inputs, self.shapes)):
+            got = [tuple(t.shape) for t in inputs]
+            raise InputError(f"the OpenCL model was compiled for inputs of shape {self.shapes}, got {got}")
+        bad = [str(t.dtype) for t in inputs if t.dtype != torch.float32]
+        if bad:
+            raise InputError(f"the OpenCL model takes float32 inputs, got {bad}")
+        q, arena, offsets = self.queue, self.arena, self.offsets
+        for v, t in zip(self.lowered.inputs, inputs):
+            upload(q, arena, offsets, v, t)
+        for step in self.lowered.steps:
+            step.enqueue(q, arena, offsets)
+        return self._outputs(self.lowered.outputs)
+
+    def _outputs(self, out):
+        if isinstance(out, Value):
+            return download(self.queue, self.arena, self.offsets, out, self.lowered.buffers).contiguous()
+        if isinstance(out, (list, tuple)):
+            return type(out)(self._outputs(o) for o in out)
+        return out
+
+    def profile(self, *inputs: torch.Tensor) -> dict[str, float]:
+        """Milliseconds per kernel family for one run, from OpenCL profiling events (torch-fallback
+        steps by wall time). Steps are synchronised one by one, so the sum exceeds a normal run's."""
+        q = self.device.queue(profiling=True)
+        for v, t in zip(self.lowered.inputs, inputs):
+            upload(q, self.arena, self.offsets, v, t)
+        q.finish()
+        times: dict[str, float] = {}
+        for step in self.lowered.steps:
+            t0 = time.perf_counter()
+            events = step.enqueue(q, self.arena, self.offsets)
+            q.finish()
+            events = [e for e in _leaves(events) if e is not None and hasattr(e, "profile")]
+            ms = (sum(e.profile.end - e.profile.start for e in events) / 1e6 if events and not step.fallback
+                  else (time.perf_counter() - t0) * 1e3)
+            times[step.kernel] = times.get(step.kernel, 0.0) + ms
+        return dict(sorted(times.items(), key=lambda kv: -kv[1]))

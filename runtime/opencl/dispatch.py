@@ -1,0 +1,274 @@
+"""Which handler lowers a node: compute ops go to ``ops.py``; layout ops (views, permutes, cat,
+slices) are handled here, as relabelling where possible and strided copies otherwise."""
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from compiler import meta
+from compiler.graph import is_stochastic_depth_eval
+from compiler.ops import FusedOp
+
+from .lower import NHWC, Lowering, Value
+from .ops import (ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, BINARY, UNARY, _constant, contiguous, eltwise, matmul,
+                  module_op, pool, rows)
+
+Handler = Callable[[Lowering, fx.Node], Value | None]
+IDENTITY_MODULES = (nn.Identity, nn.Dropout)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _module(lw: Lowering, n: fx.Node) -> Value | None:
+    m = lw.gm.get_submodule(n.target)
+    x = lw.arg(n.args[0]) if n.args else None
+    if not isinstance(x, Value):
+        return None
+    if isinstance(m, FusedOp):
+        res = lw.arg(n.args[1]) if len(n.args) > 1 else lw.arg(n.kwargs.get("residual"))
+        return module_op(lw, n, m.op, x, res if isinstance(res, Value) else None, m.activation)
+    if type(m) in (nn.Conv2d, nn.Linear):
+        return module_op(lw, n, m, x)
+    if type(m) in ACT_MODULES and not (isinstance(m, nn.GELU) and m.approximate != "none"):
+        return eltwise(lw, n, UNARY[ACT_MODULES[type(m)]], lw.new(x.shape, x.order), x)
+    if isinstance(m, IDENTITY_MODULES):
+        return x
+    if isinstance(m, nn.MaxPool2d) and _pair(m.dilation) == (1, 1) and not m.return_indices:
+        return pool(lw, n, x, "max", kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
+    if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
+        return pool(lw, n, x, "avg", kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding),
+                    count_pad=m.count_include_pad)
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return pool(lw, n, x, "max" if isinstance(m, nn.AdaptiveMaxPool2d) else "avg", adaptive=True)
+    if isinstance(m, nn.Flatten):
+        return _view(lw, n, x, meta.shape(n))
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+        w = lw.upload(m.weight.detach(), f"{n.target}.weight") if m.weight is not None else None
+        b = lw.upload(m.bias.detach(), f"{n.target}.bias") if m.bias is not None else None
+        return rows(lw, n, x, "layer_norm", w, b, m.eps)
+    if isinstance(m, nn.Softmax) and m.dim is not None and m.dim % len(x.shape) == len(x.shape) - 1:
+        return rows(lw, n, x, "softmax")
+    if isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats and len(x.shape) == 4:
+        return _batch_norm(lw, n, m, x)
+    return None
+
+
+def _batch_norm(lw: Lowering, n: fx.Node, m: nn.BatchNorm2d, x: Value) -> Value:
+    """Inference BatchNorm left unfolded (it precedes its conv, as in DenseNet): ``x * s + t``."""
+    scale = m.running_var.detach().add(m.eps).rsqrt()
+    if m.weight is not None:
+        scale = scale * m.weight.detach()
+    shift = -m.running_mean.detach() * scale + (m.bias.detach() if m.bias is not None else 0)
+    s = lw.upload(scale.reshape(1, -1, 1, 1), f"{n.target}: scale")
+    t = lw.upload(shift.reshape(1, -1, 1, 1), f"{n.target}: shift")
+    y = eltwise(lw, n, "x*y", lw.new(x.shape, x.order), x, s)
+    return eltwise(lw, n, "x+y", y, y, t)
+
+
+def _functional_pool(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    names = ("input", "kernel_size", "stride", "padding", "dilation" if n.target is F.max_pool2d else "ceil_mode")
+    a = {k: n.args[i] for i, k in enumerate(names) if i < len(n.args)} | dict(n.kwargs)
+    k = _pair(a["kernel_size"])
+    stride, pad = _pair(a.get("stride") or k), _pair(a.get("padding", 0))
+    if n.target is F.max_pool2d:
+        if _pair(a.get("dilation", 1)) != (1, 1) or a.get("return_indices"):
+            return None
+        return pool(lw, n, x, "max", kernel=k, stride=stride, padding=pad)
+    if a.get("divisor_override") is not None:
+        return None
+    return pool(lw, n, x, "avg", kernel=k, stride=stride, padding=pad, count_pad=a.get("count_include_pad", True))
+
+
+def _view(lw: Lowering, n: fx.Node, x: Value, shape) -> Value:
+    """A view shares storage when memory is already in logical order; otherwise it copies first."""
+    x = contiguous(lw, n, x, tuple(range(len(x.shape)))) if not x.logical_contiguous else x
+    return lw.alias(x, tuple(shape), tuple(range(len(shape))))
+
+
+def _permute(lw: Lowering, n: fx.Node, x: Value, perm) -> Value:
+    perm = [p % len(x.shape) for p in perm]
+    return lw.alias(x, tuple(x.shape[p] for p in perm), tuple(perm.index(d) for d in x.order))
+
+
+def _binary(lw: Lowering, n: fx.Node, expr: str) -> Value | None:
+    a, b = lw.arg(n.args[0]), lw.arg(n.args[1])
+    if not isinstance(a, Value):
+        if not isinstance(b, Value) or _constant(a) is None or expr in ("x-y", "x/y"):
+            return None
+        a, b = b, a  # c + x, c * x
+    out_shape = meta.shape(n)
+    if isinstance(b, Value):
+        full = a if a.shape == tuple(out_shape) else b if b.shape == tuple(out_shape) else None
+        order = full.order if full is not None else tuple(range(len(out_shape)))
+        if full is b:  # keep the full-shape operand first, the broadcast one second
+            a, b = b, a
+            expr = {"x-y": "y-x", "x/y": "y/x"}.get(expr, expr)
+        return eltwise(lw, n, expr, lw.new(out_shape, order), a, b)
+    c = _constant(b)
+    return eltwise(lw, n, expr.replace("y", c), lw.new(a.shape, a.order), a) if c is not None else None
+
+
+def _cat(lw: Lowering, n: fx.Node) -> Value | None:
+    parts = lw.arg(n.args[0])
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    if not all(isinstance(p, Value) for p in parts):
+        return None
+    shape = tuple(meta.shape(n))
+    dim %= len(shape)
+    out = lw.new(shape, parts[0].order)
+    start, st = 0, out.strides()
+    for p in parts:
+        eltwise(lw, n, "x", out, p, out_offset=start * st[dim], shape=p.shape)
+        start += p.shape[dim]
+    return out
+
+
+def _slice(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    """``x[idx]`` with ints and slices: a strided read, copied."""
+    idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+    if any(i is None or i is Ellipsis for i in idx) or not all(isinstance(i, (int, slice)) for i in idx):
+        return None
+    st, offset, shape, strides = x.strides(), 0, [], []
+    for d, size in enumerate(x.shape):
+        i = idx[d] if d < len(idx) else slice(None)
+        if isinstance(i, int):
+            offset += (i % size) * st[d]
+            continue
+        a, b, step = i.indices(size)
+        offset += a * st[d]
+        shape.append(len(range(a, b, step)))
+        strides.append(st[d] * step)
+    out = lw.new(shape, tuple(range(len(shape))) if len(shape) != 4 else x.order)
+    return eltwise(lw, n, "x", out, x, a_strides=strides, a_offset=offset)
+
+
+def _split(lw: Lowering, n: fx.Node, x: Value) -> tuple[Value, ...] | None:
+    how = n.args[1] if len(n.args) > 1 else n.kwargs.get("chunks", n.kwargs.get("split_size_or_sections", n.kwargs.get("split_size")))
+    dim = (n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)) % len(x.shape)
+    size = x.shape[dim]
+    if n.target in ("chunk", torch.chunk):
+        step = math.ceil(size / how)
+        sizes = [min(step, size - s) for s in range(0, size, step)]
+    else:
+        sizes = list(how) if isinstance(how, (list, tuple)) else [min(how, size - s) for s in range(0, size, how)]
+    outs, start, st = [], 0, x.strides()
+    for s in sizes:
+        shape = list(x.shape)
+        shape[dim] = s
+        outs.append(eltwise(lw, n, "x", lw.new(shape, x.order), x, a_strides=list(st), a_offset=start * st[dim]))
+        start += s
+    return tuple(outs)
+
+
+def _reduce_mean(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    """A mean over the two spatial dims of an NHWC tensor (whatever its logical labels) is a global
+    average pool."""
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    dims = {d % len(x.shape) for d in ((dims,) if isinstance(dims, int) else dims or ())}
+    keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+    if len(x.shape) != 4 or dims != {x.order[1], x.order[2]}:
+        return None
+    nb, h, w, c = (x.shape[d] for d in x.order)
+    pooled = pool(lw, n, lw.alias(x, (nb, c, h, w), NHWC), "avg", adaptive=True, out_hw=(1, 1))
+    rest = [d for d in range(4) if d not in dims]
+    if keep:
+        return lw.alias(pooled, tuple(meta.shape(n)), x.order)
+    if rest != [x.order[0], x.order[3]]:
+        return None
+    return lw.alias(pooled, (nb, c), (0, 1))
+
+
+def _function(lw: Lowering, n: fx.Node) -> Value | None:
+    t, x = n.target, lw.arg(n.args[0]) if n.args else None
+    if t in BINARY:
+        return _binary(lw, n, BINARY[t])
+    if t is torch.cat:
+        return _cat(lw, n)
+    if not isinstance(x, (Value, tuple)):
+        return None
+    if t is operator.getitem:
+        return x[n.args[1]] if isinstance(x, tuple) else _slice(lw, n, x)
+    if t in ACT_FUNCTIONS and not n.kwargs.get("approximate", "none") != "none":
+        return eltwise(lw, n, UNARY[ACT_FUNCTIONS[t]], lw.new(x.shape, x.order), x)
+    if is_stochastic_depth_eval(n) or t is F.dropout:
+        return x
+    if t is torch.flatten or t is torch.reshape:
+        return _view(lw, n, x, meta.shape(n))
+    if t in (torch.permute,):
+        return _permute(lw, n, x, n.args[1] if len(n.args) == 2 else n.args[1:])
+    if t is torch.transpose:
+        perm = list(range(len(x.shape)))
+        a, b = (d % len(perm) for d in n.args[1:3])
+        perm[a], perm[b] = perm[b], perm[a]
+        return _permute(lw, n, x, perm)
+    if t in (torch.chunk, torch.split):
+        return _split(lw, n, x)
+    if t in (F.max_pool2d, F.avg_pool2d):
+        return _functional_pool(lw, n, x)
+    if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        return pool(lw, n, x, "avg" if t is F.adaptive_avg_pool2d else "max", adaptive=True)
+    if t is torch.mean:
+        return _reduce_mean(lw, n, x)
+    if t in (F.softmax, torch.softmax):
+        return _softmax(lw, n, x)
+    if t is F.layer_norm:
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        a = {k: n.args[i] for i, k in enumerate(names) if i < len(n.args)} | dict(n.kwargs)
+        if len(a["normalized_shape"]) != 1:
+            return None
+        w, b = lw.arg(a.get("weight")), lw.arg(a.get("bias"))
+        return rows(lw, n, x, "layer_norm", w, b, a.get("eps", 1e-5))
+    if t in (torch.matmul, operator.matmul, torch.bmm):
+        other = lw.arg(n.args[1])
+        return matmul(lw, n, x, other) if isinstance(other, Value) else None
+    return None
+
+
+def _softmax(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    if dim is None or dim % len(x.shape) != len(x.shape) - 1 or n.kwargs.get("dtype") is not None:
+        return None
+    return rows(lw, n, x, "softmax")
+
+
+def _method(lw: Lowering, n: fx.Node) -> Value | None:
+    t, x = n.target, lw.arg(n.args[0])
+    if t in BINARY:
+        return _binary(lw, n, BINARY[t])
+    if not isinstance(x, Value):
+        return None
+    if t in ACT_METHODS:
+        return eltwise(lw, n, UNARY[ACT_METHODS[t]], lw.new(x.shape, x.order), x)
+    if t in ("view", "reshape", "flatten"):
+        return _view(lw, n, x, meta.shape(n))
+    if t == "contiguous":
+        return contiguous(lw, n, x, tuple(range(len(x.shape)))) if not x.logical_contiguous else x
+    if t == "permute":
+        return _permute(lw, n, x, n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:])
+    if t == "transpose":
+        perm = list(range(len(x.shape)))
+        a, b = (d % len(perm) for d in n.args[1:3])
+        perm[a], perm[b] = perm[b], perm[a]
+        return _permute(lw, n, x, perm)
+    if t in ("chunk", "split"):
+        return _split(lw, n, x)
+    if t == "mean":
+        return _reduce_mean(lw, n, x)
+    if t == "softmax":
+        return _softmax(lw, n, x)
+    if t in ("matmul", "bmm"):
+        other = lw.arg(n.args[1])
+        return matmul(lw, n, x, other) if isinstance(other, Value) else None
+    return None
+
+
+def handler_for(gm: fx.GraphModule, n: fx.Node) -> Handler | None:
+    return {"call_module": _module, "call_function": _function, "call_method": _method}.get(n.op)
