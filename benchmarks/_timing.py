@@ -1,11 +1,21 @@
-"""Shared timing helpers for benchmarks: interleaved repeats, medians."""
+"""Shared timing helpers for benchmarks: interleaved repeats, medians.
+
+Importing it also takes this folder off ``sys.path`` (where Python put it, running a script from
+here): ``benchmarks/runtime.py`` would otherwise shadow the ``runtime`` package. Scripts import this
+module first, then the project.
+"""
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def median_ms(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 3) -> dict[str, float]:

@@ -24,11 +24,8 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent  # this file is runtime.py: keep it from shadowing the runtime package
-sys.path.insert(0, str(HERE))
-from _timing import markdown_table, median_ms  # noqa: E402
-
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import markdown_table, median_ms  # noqa: E402  (also unshadows the runtime package)
 
 import compiler  # noqa: E402
 from compiler import zoo  # noqa: E402

@@ -101,7 +101,8 @@ def compile(
     example_inputs : Tensor or tuple of Tensors
         Used to trace, propagate shapes and verify every pass against eager PyTorch.
     pipeline : "default", a TOML file path, or a list of passes / pass names / ``{"name": ..}`` tables
-    target : "torch" (eager run of the rewritten graph) or "onnx" (exported and run in onnxruntime)
+    target : "torch" (eager run of the rewritten graph), "onnx" (exported and run in onnxruntime) or
+        "opencl" (our kernels on an OpenCL device; ``FXCOMPRESS_OPENCL_DEVICE`` picks it)
     leaf_modules : module types or dotted paths to keep whole instead of tracing through
     verify : compare with eager after every pass (``VerificationError`` past a pass's tolerance)
     dump_dir : write the graph after each pass here

@@ -1,7 +1,7 @@
 """The ``fxcompress`` command line.
 
     fxcompress compile path/to/model.py:factory --input-shape 1,3,224,224 [--pipeline p.toml]
-                       [--target torch|onnx] [-o out.onnx] [--report report.json]
+                       [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
     fxcompress passes
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--input-shape", type=_shape, action="append", required=True,
                    help="shape of one example input, e.g. 1,3,224,224 (repeat for several inputs)")
     c.add_argument("--pipeline", help="a named pipeline ('default') or a TOML pipeline file")
-    c.add_argument("--target", default="torch", help="torch | onnx (default: torch)")
+    c.add_argument("--target", default="torch", help="torch | onnx | opencl (default: torch)")
     c.add_argument("-o", "--output", help="export the compiled graph to this ONNX file")
     c.add_argument("--dynamic-batch", action="store_true", help="make the ONNX batch dimension dynamic")
     c.add_argument("--report", help="write the compile report as JSON here")
