@@ -87,10 +87,33 @@ def test_wrong_input_shape_or_dtype_is_a_typed_error():
         cm(torch.randn(1, 3, 8, 8, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0"])
-def test_zoo_models_run_without_fallback(name):
+# ops outside the kernel list run on torch: Swin's shifted-window attention (roll, pad), MaxViT's
+# einsum and tensor-indexed bias tables. ViT's nn.MultiheadAttention is lowered.
+FALLS_BACK = {"swin_t", "swin_v2_t", "maxvit_t"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_parity_on_opencl(name):
     model, x = zoo.build(name)
     cm = compiler.compile(model, x, target="opencl")
     with torch.no_grad():
         assert rel_err(model(x), cm(x)) < 1e-3
+    fallbacks = cm.report.backend["fallbacks"]
+    assert (fallbacks != []) if name in FALLS_BACK else (fallbacks == []), fallbacks
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_is_lowered_and_pruned_attention_too(batch_first):
+    from passes.prune_channels import PruneChannels
+
+    from .test_prune_rules import Encoder
+
+    model = Encoder(batch_first=batch_first).eval()
+    x = torch.randn(2, 5, 6) if batch_first else torch.randn(5, 2, 6)
+    cm = compiler.compile(model, x, target="opencl")
     assert cm.report.backend["fallbacks"] == []
+    assert rel_err(model(x), cm(x)) < 1e-4
+    pruned = compiler.compile(model, x, pipeline=[PruneChannels(ratio=0.5)], target="opencl")  # -> ops.Attention
+    assert pruned.report.backend["fallbacks"] == []
+    assert rel_err(pruned.graph_module(x), pruned(x)) < 1e-4

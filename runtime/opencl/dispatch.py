@@ -13,8 +13,9 @@ from torch import nn
 
 from compiler import meta
 from compiler.graph import is_stochastic_depth_eval
-from compiler.ops import FusedOp
+from compiler.ops import Attention, FusedOp
 
+from .attention import lower_attention
 from .lower import NHWC, Lowering, Value
 from .ops import (ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, BINARY, UNARY, _constant, contiguous, eltwise, matmul,
                   module_op, pool, rows)
@@ -41,6 +42,8 @@ def _module(lw: Lowering, n: fx.Node) -> Value | None:
         return eltwise(lw, n, UNARY[ACT_MODULES[type(m)]], lw.new(x.shape, x.order), x)
     if isinstance(m, IDENTITY_MODULES):
         return x
+    if isinstance(m, (nn.MultiheadAttention, Attention)):
+        return lower_attention(lw, n, m)
     if isinstance(m, nn.MaxPool2d) and _pair(m.dilation) == (1, 1) and not m.return_indices:
         return pool(lw, n, x, "max", kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding))
     if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
@@ -169,21 +172,22 @@ def _split(lw: Lowering, n: fx.Node, x: Value) -> tuple[Value, ...] | None:
 
 
 def _reduce_mean(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
-    """A mean over the two spatial dims of an NHWC tensor (whatever its logical labels) is a global
-    average pool."""
+    """A mean over dims that are adjacent in memory is a global average pool: memory is viewed as
+    NHWC (outer, reduced, 1, rest) and pooled to (outer, 1, 1, rest)."""
+    nd = len(x.shape)
     dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-    dims = {d % len(x.shape) for d in ((dims,) if isinstance(dims, int) else dims or ())}
+    dims = {d % nd for d in ((dims,) if isinstance(dims, int) else dims or ())}
     keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
-    if len(x.shape) != 4 or dims != {x.order[1], x.order[2]}:
+    pos = sorted(x.order.index(d) for d in dims)
+    if not dims or pos != list(range(pos[0], pos[0] + len(pos))):
         return None
-    nb, h, w, c = (x.shape[d] for d in x.order)
-    pooled = pool(lw, n, lw.alias(x, (nb, c, h, w), NHWC), "avg", adaptive=True, out_hw=(1, 1))
-    rest = [d for d in range(4) if d not in dims]
+    i, j = pos[0], pos[-1] + 1
+    outer, red, rest = (math.prod(x.shape[d] for d in x.order[s]) for s in (slice(0, i), slice(i, j), slice(j, nd)))
+    pooled = pool(lw, n, lw.alias(x, (outer, rest, red, 1), NHWC), "avg", adaptive=True, out_hw=(1, 1))
     if keep:
         return lw.alias(pooled, tuple(meta.shape(n)), x.order)
-    if rest != [x.order[0], x.order[3]]:
-        return None
-    return lw.alias(pooled, (nb, c), (0, 1))
+    kept = [d for d in range(nd) if d not in dims]
+    return lw.alias(pooled, tuple(x.shape[d] for d in kept), tuple(kept.index(d) for d in x.order if d not in dims))
 
 
 def _function(lw: Lowering, n: fx.Node) -> Value | None:
@@ -200,11 +204,11 @@ def _function(lw: Lowering, n: fx.Node) -> Value | None:
         return eltwise(lw, n, UNARY[ACT_FUNCTIONS[t]], lw.new(x.shape, x.order), x)
     if is_stochastic_depth_eval(n) or t is F.dropout:
         return x
-    if t is torch.flatten or t is torch.reshape:
+    if t in (torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze):
         return _view(lw, n, x, meta.shape(n))
     if t in (torch.permute,):
         return _permute(lw, n, x, n.args[1] if len(n.args) == 2 else n.args[1:])
-    if t is torch.transpose:
+    if t in (torch.transpose, torch.swapaxes):
         perm = list(range(len(x.shape)))
         a, b = (d % len(perm) for d in n.args[1:3])
         perm[a], perm[b] = perm[b], perm[a]
@@ -247,13 +251,15 @@ def _method(lw: Lowering, n: fx.Node) -> Value | None:
         return None
     if t in ACT_METHODS:
         return eltwise(lw, n, UNARY[ACT_METHODS[t]], lw.new(x.shape, x.order), x)
-    if t in ("view", "reshape", "flatten"):
+    if t in ("view", "reshape", "flatten", "unsqueeze", "squeeze"):
         return _view(lw, n, x, meta.shape(n))
+    if t == "expand":
+        return eltwise(lw, n, "x", lw.new(meta.shape(n), tuple(range(len(meta.shape(n))))), x)
     if t == "contiguous":
         return contiguous(lw, n, x, tuple(range(len(x.shape)))) if not x.logical_contiguous else x
     if t == "permute":
         return _permute(lw, n, x, n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:])
-    if t == "transpose":
+    if t in ("transpose", "swapaxes"):
         perm = list(range(len(x.shape)))
         a, b = (d % len(perm) for d in n.args[1:3])
         perm[a], perm[b] = perm[b], perm[a]

@@ -177,7 +177,8 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
 def _linear(lw: Lowering, n: fx.Node, lin: nn.Linear, x: Value, act: str | None, res: Value | None) -> Value | None:
     x = contiguous(lw, n, x, tuple(range(len(x.shape))))
     rows = x.numel // lin.in_features
-    out = lw.new(meta.shape(n), tuple(range(len(meta.shape(n)))))
+    shape = (*x.shape[:-1], lin.out_features)
+    out = lw.new(shape, tuple(range(len(shape))))
     res = contiguous(lw, n, res, out.order) if res is not None else None
     fused = act if act in GEMM_ACTIVATIONS else None
     gemm = Gemm(lw.device, lin.weight.detach().float().t(), lin.bias.detach().float() if lin.bias is not None else None,
@@ -251,9 +252,9 @@ def rows(lw: Lowering, n: fx.Node, x: Value, kind: str, w: Value | None = None, 
     return out
 
 
-def matmul(lw: Lowering, n: fx.Node, a: Value, b: Value) -> Value | None:
+def matmul(lw: Lowering, n: fx.Node, a: Value, b: Value, out_shape=None) -> Value | None:
     """``a @ b`` with up to two broadcast batch dims (``bmm.cl``), reading both through strides."""
-    out_shape = tuple(meta.shape(n))
+    out_shape = tuple(out_shape or meta.shape(n))
     if len(a.shape) < 2 or len(b.shape) < 2 or len(out_shape) > 4:
         return None
     batch = (1,) * (4 - len(out_shape)) + out_shape[:-2]
