@@ -40,3 +40,17 @@ __kernel void eltwise(__global float *out, int out_off, int8 so,
     float y = b[ib];
     out[io] = OP;
 }
+
+// eltwise_flat: the same map when out, a (and b, unless broadcast as a scalar: sb = 0) are all
+// contiguous in the iteration order, which is most residual adds, activations and copies. No
+// index arithmetic, so PoCL vectorises it across work-items and it runs at memory bandwidth.
+__kernel void eltwise_flat(__global float *out, int out_off, __global const float *a, int a_off,
+                           __global const float *b, int b_off, int sb, int n)
+{
+    int i = get_global_id(0);
+    if (i >= n)
+        return;
+    float x = a[a_off + i];
+    float y = b[b_off + i * sb];
+    out[out_off + i] = OP;
+}
