@@ -60,6 +60,30 @@ def blocked_median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have used (Linux /proc/stat), to see how much others took."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersLoad:
+    """Share of the machine's cores used by other processes between ``start()`` and ``share()``."""
+
+    def start(self) -> None:
+        self.busy, self.ours, self.wall = _busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+
+    def share(self) -> float | None:
+        busy = _busy_seconds()
+        if busy is None or self.busy is None:
+            return None
+        others = (busy - self.busy) - (sum(os.times()[:2]) - self.ours)
+        return max(0.0, others) / ((time.perf_counter() - self.wall) * (os.cpu_count() or 1))
+
+
 def bench_shape(device, m: int, n: int, k: int, repeats: int | None, config: GemmConfig) -> dict:
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
@@ -85,13 +109,16 @@ def bench_shape(device, m: int, n: int, k: int, repeats: int | None, config: Gem
         repeats = int(min(500, max(25, 0.3 / (flop / 150e9))))
     rounds, warmup = 5, 2
     per_block = -(-repeats // rounds)
+    load = OthersLoad()
+    load.start()
     ms = blocked_median_ms({"ours": ours, "torch": lambda: torch.matmul(a, b, out=c),
                             "numpy": lambda: np.matmul(a_np, b_np, out=c_np)},
                            rounds=rounds, per_block=per_block, warmup=warmup, settle_s=0.25)
     gflops = {name: flop / (t * 1e-3) / 1e9 for name, t in ms.items()}
     timed = [t for i, t in enumerate(event_s) if i % (warmup + per_block) >= warmup]  # not the warm-up calls
     gflops["ours_events"] = flop / statistics.median(timed) / 1e9
-    return {"m": m, "n": n, "k": k, "repeats": rounds * per_block, "max_rel_err": err, "gflops": gflops}
+    return {"m": m, "n": n, "k": k, "repeats": rounds * per_block, "max_rel_err": err, "gflops": gflops,
+            "others_cpu_share": load.share()}
 
 
 def main() -> None:
@@ -108,7 +135,6 @@ def main() -> None:
         mr, nv, l0, l1 = (int(x) for x in args.config.split(","))
         config = GemmConfig(mr=mr, nv=nv, local=(l0, l1))
     device = open_device(args.device)
-    load_before = os.getloadavg()[0]
     results = [bench_shape(device, m, n, k, args.repeats, config) for m, n, k in SHAPES]
 
     def f(x: float) -> str:
@@ -117,14 +143,16 @@ def main() -> None:
     rows = []
     for r in results:
         g = r["gflops"]
-        rows.append([f"{r['m']}x{r['n']}x{r['k']}", f(g["ours_events"]), f(g["ours"]), f(g["torch"]), f(g["numpy"]), f"{g['ours'] / g['torch']:.2f}", f"{g['ours_events'] / g['torch']:.2f}",
-                     f"{r['max_rel_err']:.1e}"])
+        others = "?" if r["others_cpu_share"] is None else f"{100 * r['others_cpu_share']:.0f}%"
+        rows.append([f"{r['m']}x{r['n']}x{r['k']}", f(g["ours_events"]), f(g["ours"]), f(g["torch"]), f(g["numpy"]),
+                     f"{g['ours'] / g['torch']:.2f}", f"{g['ours_events'] / g['torch']:.2f}", f"{r['max_rel_err']:.1e}",
+                     others])
     print(f"device: {device.name}; config: {config}; torch threads: {torch.get_num_threads()}\n")
     print(markdown_table(["M x N x K", "ours (events)", "ours (wall)", "torch", "numpy", "ours/torch (wall)",
-                          "ours/torch (events)", "max rel err"], rows))
+                          "ours/torch (events)", "max rel err", "others' CPU"], rows))
     calls = sorted(r["repeats"] for r in results)
-    print(f"\nGFLOP/s, medians over {calls[0]} to {calls[-1]} calls per method. Load average before/after: "
-          f"{load_before:.2f}/{os.getloadavg()[0]:.2f} (2 cores; above ~0.3 means others were running too).")
+    print(f"\nGFLOP/s, medians over {calls[0]} to {calls[-1]} calls per method. \"others' CPU\": the share of "
+          "the cores other processes used while that row was measured (the machine is shared).")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device.name, "config": repr(config), "results": results}, indent=1))
 

@@ -63,10 +63,20 @@ def test_bad_selector_lists_valid_devices(entries, monkeypatch):
         dev_mod.select_device()
 
 
-def test_no_platform_gives_install_hint(monkeypatch):
+class _EmptyPlatform:
+    name = "Fake Platform"
+
+    def get_devices(self):
+        return []
+
+
+def test_no_device_gives_install_hint_and_what_was_found(monkeypatch):
     monkeypatch.setattr(dev_mod.cl, "get_platforms", lambda: [])
     with pytest.raises(NoOpenCLError, match="apt-get install -y pocl-opencl-icd"):
         dev_mod.list_devices()
+    monkeypatch.setattr(dev_mod.cl, "get_platforms", lambda: [_EmptyPlatform()])
+    with pytest.raises(NoOpenCLError, match=r"platforms without devices: \['Fake Platform'\].*pocl-opencl-icd"):
+        dev_mod.open_device()
 
 
 def test_allocation_beyond_the_device_is_typed(entries):

@@ -5,11 +5,37 @@
 matrix. ``pack_b`` lays B out in 32-column panels, K-major, which the kernel reads with aligned
 float16 loads; see ``kernels/gemm.cl`` for the layouts and the design.
 
-Design notes, measured at 1024^3 (GFLOP/s, best of 15 round-robin runs, same process as torch; the
-machine was shared, so medians were noisier than the kernels' differences):
-  6x32 block, local 1x1: 225 | 4x32: 217 | 8x32: 222 | 3x32: 204 | 4x16: 209 | 6x48: ~107 | 6x64: ~110
-  local sizes 1x1 .. 1x34 / 8x1 / 32x1 for 4x32, 6x32, 8x32: 209 to 222 (no clear winner)
-  peak of a pure float16 FMA chain on this machine: 230; torch.matmul (oneDNN): 170 to 185.
+Design notes. GFLOP/s, this machine (Zen 4 EPYC, 2 cores; a float16 FMA chain peaks at 230, not the
+500 of the Zen 5 in ANCHORS.md), kernel timed by wall time with a finish, each config in blocks
+after a pause (benchmarks/gemm.py's method), torch.matmul in the same run. The machine was shared,
+so treat differences under ~10% as noise.
+
+  block (rows x cols)   1024^3   25088x64x576   1568x256x2304   8x1000x512
+  8x32 (chosen)          196        176            211             79
+  4x64                   206        185            211             80
+  8x16                   199        176            211             80
+  4x32                   192        166            202             73
+  6x32                   111        172            209             57
+  12x16                   81        177            211             60
+  6x48                   109        129            190             58
+  torch (same runs)      131         89            162             74
+
+- 6 and 12 rows lost up to half their speed at 1024^3 in every sweep (6x32: 111 to 162 against
+  196 to 217 for 8x32), but not at K = 2304. A power-of-two row stride of A (4 KiB) is the
+  suspect; a padded-stride test (lda = 1040) was inconclusive on the loaded machine. 8 and 4
+  rows showed no such drop, and 1x1 convs and Linear layers often have power-of-two K.
+- Local sizes 1x1, 1x8 and 2x1 for 8x32: within 5% of each other; 1x34 (the prototype's) was
+  209 against 217 in a call-by-call sweep. 1x1 is kept: no constraint on the global size.
+- ``#pragma unroll 4`` on the k loop: PoCL's LLVM refuses it ("loop not unrolled"); the loop body
+  is already 2 loads + 8 broadcasts + 16 FMAs against 3 instructions of loop control.
+- A quiet sweep timed call by call, alternating with torch: 8x32 217, 4x32 219, 8x16 220, 4x64
+  221, torch 176. Each method alone in its own process, quiet: ours 204, torch 189, numpy 198.
+  benchmarks/gemm.py at 1024^3, two runs with other processes under 2% of the CPU: ours 208 and
+  192, torch 169 and 141, numpy 187 and 167 (wall time, enqueue + finish).
+- Edges: row clamping and the N padding of the packed B cost nothing in the inner loop, so
+  nothing is padded on the host per call.
+- Small M: rows past M are computed and dropped, so ``GemmConfig.for_rows`` gives fewer rows
+  per work-item: M = 1, N = 1000, K = 512 ran 2.7x faster with 1 row than with 8.
 """
 from __future__ import annotations
 
@@ -121,17 +147,20 @@ class Gemm:
             raise InputError("this Gemm was built " + ("with" if self.residual else "without")
                              + " a residual; pass residual_buf accordingly")
         n = self.N
-        return self.kernel(queue, self.global_size(m), self.local_size,
-                           a_buf, a_offset, self.K if lda is None else lda, self.b_buf, self.bias_buf,
-                           residual_buf, r_offset, n if ldr is None else ldr,
-                           c_buf, c_offset, n if ldc is None else ldc, m, n, self.K, wait_for=wait_for)
+        try:
+            return self.kernel(queue, self.global_size(m), self.local_size,
+                               a_buf, a_offset, self.K if lda is None else lda, self.b_buf, self.bias_buf,
+                               residual_buf, r_offset, n if ldr is None else ldr,
+                               c_buf, c_offset, n if ldc is None else ldc, m, n, self.K, wait_for=wait_for)
+        except cl.Error as e:
+            raise translate(e, what=f"launching a {m}x{n}x{self.K} GEMM", device=self.device.cl_device) from e
 
     def __call__(self, a: np.ndarray | torch.Tensor, residual: np.ndarray | torch.Tensor | None = None):
         """Run on host arrays and wait: [M, K] in, [M, N] out, numpy or torch as given. For tests."""
         as_torch = isinstance(a, torch.Tensor)
         a = _numpy(a)
-        if a.ndim != 2 or a.shape[1] != self.K:
-            raise InputError(f"GEMM input must be [M, {self.K}], got shape {a.shape}")
+        if a.ndim != 2 or a.shape[1] != self.K or a.shape[0] < 1:
+            raise InputError(f"GEMM input must be [M, {self.K}] with M >= 1, got shape {a.shape}")
         m = a.shape[0]
         if self._queue is None:
             self._queue = self.device.queue()
@@ -144,8 +173,8 @@ class Gemm:
                 raise InputError(f"GEMM residual must be [{m}, {self.N}], got shape {r.shape}")
             r_buf = self.device.alloc(hostbuf=r, what="uploading the GEMM residual", flags=cl.mem_flags.READ_ONLY)
         out = np.empty((m, self.N), np.float32)
+        self.enqueue(self._queue, a_buf, c_buf, m, residual_buf=r_buf)
         try:
-            self.enqueue(self._queue, a_buf, c_buf, m, residual_buf=r_buf)
             cl.enqueue_copy(self._queue, out, c_buf)
         except cl.Error as e:
             raise translate(e, what=f"running a {m}x{self.N}x{self.K} GEMM", device=self.device.cl_device) from e

@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -97,14 +98,23 @@ def build_program(device: Device, source: str, options: Sequence[str] = (), *, n
 def _compile(device: Device, source: str, options: list[str], name: str) -> cl.Program:
     program = cl.Program(device.context, source)
     try:
-        return program.build(options, devices=[device.cl_device])
+        with warnings.catch_warnings():  # pyopencl warns on a non-empty log; we log it, naming the file
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            program.build(options, devices=[device.cl_device])
     except cl.Error as e:
         if getattr(e, "code", None) == cl.status_code.BUILD_PROGRAM_FAILURE:
             build_log = program.get_build_info(device.cl_device, cl.program_build_info.LOG)
-            # PoCL compiles a temporary copy; name the file the user can open instead.
-            build_log = re.sub(r"\S*tempfile_\w+\.cl", name, build_log)
-            raise KernelBuildError(name, options, build_log, device.name) from None
+            raise KernelBuildError(name, options, _name_file(build_log, name), device.name) from None
         raise translate(e, what=f"building {name}") from e
+    build_log = program.get_build_info(device.cl_device, cl.program_build_info.LOG).strip()
+    if build_log:
+        log.warning("OpenCL build of %s said:\n%s", name, _name_file(build_log, name))
+    return program
+
+
+def _name_file(build_log: str, name: str) -> str:
+    """PoCL compiles a temporary copy; name the file the user can open instead."""
+    return re.sub(r"\S*tempfile_\w+\.cl", name, build_log)
 
 
 def _load(device: Device, path: Path, options: list[str], name: str) -> cl.Program | None:
