@@ -7,9 +7,10 @@
 """
 from .api import CompiledModel, compile
 from .errors import (
-    CompilerError, ExportError, InputError, OutputPathError, PassError, PipelineError, PostconditionError,
-    PreconditionError, TraceError, UnknownPassError, VerificationError,
+    CompilerError, DatasetError, ExportError, FineTuneError, InputError, OutputPathError, PassError, PipelineError,
+    PostconditionError, PreconditionError, PruningError, TraceError, UnknownPassError, VerificationError,
 )
+from .finetune import FineTune, FineTuneResult, finetune
 from .pass_base import EXACT_TOLERANCE, Pass, PassContext, PassResult, get_pass, registered_passes
 from .pass_manager import PassManager
 from .pipelines import NAMED_PIPELINES, load_pipeline
@@ -21,4 +22,5 @@ __all__ = [
     "get_pass", "registered_passes", "load_pipeline", "NAMED_PIPELINES", "CompileReport", "PassRow", "Refusal",
     "CompilerError", "InputError", "TraceError", "PipelineError", "UnknownPassError", "PassError",
     "PreconditionError", "PostconditionError", "VerificationError", "ExportError", "OutputPathError",
+    "PruningError", "DatasetError", "FineTuneError", "FineTune", "FineTuneResult", "finetune",
 ]

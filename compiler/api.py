@@ -10,7 +10,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import InputError
+from .errors import FineTuneError, InputError
+from .finetune import FineTune, finetune as run_finetune
 from .pass_manager import PassManager
 from .pipelines import PipelineSpec
 from .report import CompileReport
@@ -91,6 +92,9 @@ def compile(
     leaf_modules: Iterable[LeafSpec] = (),
     verify: bool = True,
     dump_dir: str | Path | None = None,
+    finetune: FineTune | None = None,
+    train_data: Iterable | None = None,
+    val_data: Iterable | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for inference on ``target``.
 
@@ -106,6 +110,11 @@ def compile(
     leaf_modules : module types or dotted paths to keep whole instead of tracing through
     verify : compare with eager after every pass (``VerificationError`` past a pass's tolerance)
     dump_dir : write the graph after each pass here
+    finetune : FineTune, optional
+        After the passes, fine-tune the rewritten graph on ``train_data`` by distillation with
+        ``model`` as the teacher (``compiler.finetune``), before the backend step; the per-epoch
+        history goes to ``report.finetune``. ``train_data`` / ``val_data`` are DataLoaders or lists
+        of ``(inputs, labels)`` batches; ``val_data`` drives early stopping and the best-epoch restore.
 
     Returns
     -------
@@ -115,6 +124,12 @@ def compile(
 
     check_module(model)
     inputs = as_input_tuple(example_inputs)
+    if finetune is not None and not isinstance(finetune, FineTune):
+        raise FineTuneError(f"finetune must be a compiler.FineTune, got {type(finetune).__name__}")
+    if finetune is None and (train_data is not None or val_data is not None):
+        raise FineTuneError("train_data and val_data are for fine-tuning: pass finetune=FineTune(...) as well")
+    if finetune is not None and train_data is None:
+        raise FineTuneError("finetune=FineTune(...) needs train_data= (a DataLoader or a list of (inputs, labels) batches)")
     backend = get_backend(target)  # fail fast on a bad target name
     reference = run_eager(model, inputs)
     t0 = time.perf_counter()
@@ -124,5 +139,7 @@ def compile(
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target
+    if finetune is not None:
+        report.finetune = run_finetune(gm, model, train_data, val_data, config=finetune).to_dict()
     runner = backend.prepare(gm, inputs, report)
     return CompiledModel(gm, runner, report, inputs, target)

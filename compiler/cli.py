@@ -2,6 +2,7 @@
 
     fxcompress compile path/to/model.py:factory --input-shape 1,3,224,224 [--pipeline p.toml]
                        [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
+                       [--finetune-data fashion-mnist [--epochs 3] [--lr 1e-3] [--train-limit N] ...]
     fxcompress passes
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import DATASETS, load_dataset
 from .errors import CompilerError, InputError
+from .finetune import OPTIMIZERS, FineTune
 
 
 def _load_factory(spec: str) -> nn.Module:
@@ -62,14 +65,59 @@ def _cmd_compile(args) -> int:
         from .fileio import check_writable_dir
 
         check_writable_dir(args.output)
-    cm = compile_model(model, inputs, pipeline=pipeline, target=args.target, dump_dir=args.dump_dir)
+    ft, loaders = _finetune_request(args)
+    cm = compile_model(model, inputs, pipeline=pipeline, target=args.target, dump_dir=args.dump_dir, finetune=ft,
+                       train_data=loaders.train if loaders else None, val_data=loaders.val if loaders else None)
     if args.output:
         cm.export_onnx(args.output, dynamic_batch=args.dynamic_batch)
     print(cm.report)
+    if loaders is not None:
+        _print_finetune(cm.report.finetune, model, cm, loaders.test)
     if args.report:
         cm.report.save(args.report)
         print(f"report written to {args.report}")
     return 0
+
+
+_FINETUNE_OPTIONS = ("epochs", "lr", "optimizer", "alpha", "temperature")
+
+
+def _finetune_request(args):
+    """``FineTune`` and the data loaders from ``--finetune-data`` and its options, or ``(None, None)``."""
+    given = [f"--{k.replace('_', '-')}" for k in (*_FINETUNE_OPTIONS, "batch_size", "train_limit")
+             if getattr(args, k) is not None]
+    if args.finetune_data is None:
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --finetune-data")
+        return None, None
+    config = FineTune(progress=not args.no_progress, seed=args.seed,
+                      **{k: getattr(args, k) for k in _FINETUNE_OPTIONS if getattr(args, k) is not None})
+    n = args.train_limit or 60000
+    loaders = load_dataset(args.finetune_data, batch_size=args.batch_size or 128, train_limit=args.train_limit,
+                           val_size=min(5000, n // 10), seed=args.seed)
+    return config, loaders
+
+
+def _print_finetune(result: dict, original: nn.Module, cm, test_loader) -> None:
+    print("\nfine-tuning (distillation from the original model)")
+    print("  epoch  train loss  train acc  val loss  val acc  seconds")
+    for h in result["history"]:
+        val = f"{h['val_loss']:8.4f}  {h['val_acc']:7.4f}" if h["val_loss"] is not None else f"{'-':>8}  {'-':>7}"
+        print(f"  {h['epoch']:5d}  {h['train_loss']:10.4f}  {h['train_acc']:9.4f}  {val}  {h['seconds']:7.1f}")
+    kept = f"epoch {result['best_epoch']}" + (" (stopped early)" if result["stopped_early"] else "")
+    accuracy = [_accuracy(m, test_loader) for m in (original, cm)]
+    print(f"  kept {kept}; test accuracy: original {accuracy[0]:.4f}, compiled {accuracy[1]:.4f}")
+
+
+@torch.no_grad()
+def _accuracy(model, loader) -> float:
+    if isinstance(model, nn.Module):
+        model.eval()
+    hits = seen = 0
+    for x, y in loader:
+        hits += int((model(x).argmax(1) == y).sum())
+        seen += len(y)
+    return hits / max(seen, 1)
 
 
 def _cmd_passes(args) -> int:
@@ -100,7 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--dynamic-batch", action="store_true", help="make the ONNX batch dimension dynamic")
     c.add_argument("--report", help="write the compile report as JSON here")
     c.add_argument("--dump-dir", help="write the graph after every pass to this directory")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random example inputs")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random example inputs (and of fine-tuning's shuffling)")
+    f = c.add_argument_group("fine-tuning", "distil the original model into the compressed one after the passes")
+    f.add_argument("--finetune-data", choices=DATASETS, help="fine-tune on this data set (installed, never downloaded)")
+    f.add_argument("--epochs", type=int, help="fine-tuning epochs (default 3)")
+    f.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule (default 1e-3)")
+    f.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
+    f.add_argument("--alpha", type=float, help="weight of the teacher's soft targets; the rest is label cross-entropy (default 0.9)")
+    f.add_argument("--temperature", type=float, help="distillation temperature (default 4)")
+    f.add_argument("--batch-size", type=int, help="global training batch (default 128)")
+    f.add_argument("--train-limit", type=int, help="use only the first N training images (a tenth of them for validation)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("passes", help="list the registered passes and their arguments")

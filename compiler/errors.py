@@ -90,3 +90,11 @@ class FactorizationError(CompilerError):
 
 class PruningError(PipelineError):
     """A pruning request cannot be carried out: it would empty a layer or a piece, or a plan does not fit."""
+
+
+class DatasetError(CompilerError):
+    """A data set's files are missing or malformed; names the files and the package that installs them."""
+
+
+class FineTuneError(CompilerError, ValueError):
+    """A fine-tuning request cannot be carried out: a bad option (valid choices listed) or data that does not fit."""

@@ -46,6 +46,7 @@ class CompileReport:
     target: str = "torch"
     export: dict | None = None  # ONNX export: path, opset, parity errors
     backend: dict | None = None  # what the target backend reports (OpenCL: steps, fallbacks, peak memory)
+    finetune: dict | None = None  # distillation fine-tuning after the passes: per-epoch history, best epoch
     warnings: list[str] = field(default_factory=list)
 
     def row(self, name: str) -> PassRow:

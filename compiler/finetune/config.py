@@ -1,0 +1,98 @@
+"""What a fine-tuning run is asked to do (``FineTune``) and what it did (``FineTuneResult``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..errors import FineTuneError, choices
+
+OPTIMIZERS = ("adamw", "sgd")
+
+FeatureSpec = str | tuple[str, str]  # a module path present in both models, or (student path, teacher path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTune:
+    """Knowledge-distillation fine-tuning of a compressed student against its original teacher.
+
+    The loss on a batch with student logits ``s``, teacher logits ``t`` and labels ``y`` is::
+
+        L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
+            + feature_weight * mean over ``features`` of MSE(student feature, teacher feature)
+
+    ``T^2`` keeps the soft-target gradients on the scale of the hard-target ones (Hinton et al.).
+    With ``alpha == 1`` no labels are needed: the teacher labels the data.
+
+    References
+    ----------
+    Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", 2015.
+    Romero et al., "FitNets: hints for thin deep nets", 2015 (feature distillation).
+    Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts", 2017 (cosine schedule).
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3  # suits adamw; sgd (momentum 0.9) wants about 1e-2
+    optimizer: str = "adamw"
+    temperature: float = 4.0  # Hinton et al. use 2-20; 4 softens a 10-class output without flattening it
+    alpha: float = 0.9  # weight of the teacher's soft targets; the rest goes to the labels' cross-entropy
+    patience: int = 2  # epochs without a better validation loss before stopping (needs a val loader)
+    seed: int = 0
+    weight_decay: float = 0.0  # the teacher already regularises; decay mostly slows recovery of pruned nets
+    features: tuple[FeatureSpec, ...] = ()  # layers whose outputs are matched by MSE; shapes must agree
+    feature_weight: float = 1.0
+    progress: bool = True  # tqdm bar (rank 0 only); False for scripts and tests
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise FineTuneError(f"FineTune epochs must be an int >= 1, got {self.epochs!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise FineTuneError(f"FineTune patience must be an int >= 1, got {self.patience!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise FineTuneError(f"unknown optimizer '{self.optimizer}', valid choices are {choices(OPTIMIZERS)}")
+        for name, lo in (("lr", 0.0), ("temperature", 0.0)):
+            v = getattr(self, name)
+            if not _real(v) or not v > lo or not math.isfinite(v):
+                raise FineTuneError(f"FineTune {name} must be a finite number > {lo}, got {v!r}")
+        for name in ("weight_decay", "feature_weight"):
+            v = getattr(self, name)
+            if not _real(v) or not 0 <= v < math.inf:
+                raise FineTuneError(f"FineTune {name} must be a finite number >= 0, got {v!r}")
+        if not _real(self.alpha) or not 0 <= self.alpha <= 1:
+            raise FineTuneError(f"FineTune alpha must be in [0, 1], got {self.alpha!r}")
+        if not isinstance(self.features, tuple):
+            raise FineTuneError(f"FineTune features must be a tuple, got {type(self.features).__name__}")
+        for f in self.features:
+            if not (isinstance(f, str) or (isinstance(f, tuple) and len(f) == 2 and all(isinstance(p, str) for p in f))):
+                raise FineTuneError(f"a FineTune feature is a module path or a (student path, teacher path) pair, got {f!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochStats:
+    """One epoch. Accuracy is against the labels, or top-1 agreement with the teacher when there are none."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float  # at the end of the epoch
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneResult:
+    """What ``finetune`` did. The student holds the weights of ``best_epoch`` (the last one without a
+    val loader). ``history`` is empty on ranks other than 0 of a distributed run."""
+
+    history: tuple[EpochStats, ...]
+    best_epoch: int
+    stopped_early: bool
+    world_size: int = 1
+    rank: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

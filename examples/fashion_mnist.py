@@ -1,0 +1,107 @@
+"""Reference models for Fashion-MNIST (1x28x28, 10 classes), and plain training and evaluation.
+
+    from fashion_mnist import small_cnn, resnet, train, evaluate   # with examples/ on sys.path
+
+``small_cnn()``: three conv-BN-ReLU blocks and a linear head, about 36k parameters; about 91% test
+accuracy after 3 epochs of AdamW. ``resnet(depth)``: He et al.'s CIFAR ResNet (6n+2 layers, widths
+16/32/64, identity shortcuts with 1x1 projections where the shape changes); ``depth=8`` or ``20``.
+The factories return untrained models; ``examples/finetune_fashion_mnist.py`` trains and compresses one.
+
+References
+----------
+Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017. He et al., "Deep residual learning for image recognition", 2016.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def small_cnn(num_classes: int = 10) -> nn.Sequential:
+    """28x28 -> 32@14x14 -> 44@7x7 -> 48@3x3 -> linear; about 36k parameters."""
+    return nn.Sequential(
+        *_conv_bn_relu(1, 32), nn.MaxPool2d(2),
+        *_conv_bn_relu(32, 44), nn.MaxPool2d(2),
+        *_conv_bn_relu(44, 48), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(48 * 3 * 3, num_classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet for 1-channel 28x28 inputs: 3 stages of n blocks, widths 16, 32, 64."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, 16))
+        blocks, cin = [], 16
+        for i, width in enumerate((16, 32, 64)):
+            for j in range(n):
+                blocks.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.blocks(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+def resnet(depth: int = 20, num_classes: int = 10) -> ResNet:
+    """ResNet-8 (78k parameters) or ResNet-20 (272k)."""
+    return ResNet(depth, num_classes)
+
+
+def train(model: nn.Module, loader: DataLoader, *, epochs: int = 3, lr: float = 3e-3, progress: bool = True) -> nn.Module:
+    """AdamW with a one-cycle schedule and cross-entropy; trains ``model`` in place."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    model.train()
+    with tqdm(total=epochs * len(loader), desc="train", disable=not progress) as bar:
+        for _ in range(epochs):
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) over ``loader``; eval mode."""
+    was = getattr(model, "training", False)
+    model.eval()
+    loss = hits = seen = 0.0
+    for x, y in loader:
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        hits += (out.argmax(1) == y).sum().item()
+        seen += len(y)
+    model.train(was)
+    return loss / seen, hits / seen
