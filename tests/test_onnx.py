@@ -92,5 +92,5 @@ def test_onnx_target_runs_in_onnxruntime():
 
 
 def test_unknown_target():
-    with pytest.raises(InputError, match=r"unknown target 'opencl2', valid targets are \['onnx', 'torch'\]"):
+    with pytest.raises(InputError, match=r"unknown target 'opencl2', valid targets are \['onnx', 'opencl', 'torch'\]"):
         compiler.compile(nn.ReLU(), torch.randn(2), target="opencl2")
