@@ -16,7 +16,7 @@ from compiler import meta
 from compiler.ops import FusedOp
 
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
-from .gemm import Gemm
+from .gemm import Gemm, GemmConfig
 from .lower import NHWC, Lowering, Value
 from .programs import build_program, kernel_source
 
@@ -82,8 +82,26 @@ def eltwise(lw: Lowering, n: fx.Node, expr: str, out: Value, a: Value, b: Value 
     dims = _int8(_pad6([shape[d] for d in order], 1))
     so8, sa8, sb8 = (_int8(_pad6([s[d] for d in order], 0)) for s in (so, sa, sb))
     total = math.prod(shape)
-    kernel = _kernel(lw, "eltwise.cl", "eltwise", [f"-DOP=({expr})"])
     i32 = np.int32
+    dense, step = [0] * len(shape), 1
+    for d in reversed(order):  # strides of a tensor contiguous in the iteration order
+        dense[d], step = (step if shape[d] > 1 else 0), step * shape[d]
+    nz = [(d, dense[d]) for d in order if shape[d] > 1]
+    flat = all(so[d] == c and sa[d] == c for d, c in nz) and (all(sb[d] == c for d, c in nz) or not any(sb))
+    if flat:
+        kernel = _kernel(lw, "eltwise.cl", "eltwise_flat", [f"-DOP=({expr})"])
+        sb_flat = i32(1 if any(sb[d] for d, _ in nz) else 0)
+
+        def enqueue(queue, arena, offsets):
+            ob, oo = where(lw, out, arena, offsets)
+            ab, ao = where(lw, a, arena, offsets)
+            bb, bo = where(lw, b, arena, offsets) if b is not None else (ab, ao)
+            return kernel(queue, (_round(total),), (LOCAL,), ob, i32(oo + out_offset), ab, i32(ao + a_offset),
+                          bb, i32(bo), sb_flat, i32(total))
+
+        lw.add(n, "eltwise", [x for x in (a, b) if x is not None], [out], enqueue)
+        return out
+    kernel = _kernel(lw, "eltwise.cl", "eltwise", [f"-DOP=({expr})"])
 
     def enqueue(queue, arena, offsets):
         ob, oo = where(lw, out, arena, offsets)
@@ -110,67 +128,139 @@ def _constant(x) -> str | None:
 
 
 # -- conv and linear ----------------------------------------------------------------------------
+# Convolutions lower to one of three kernels (measurements in the .cl headers):
+#   depthwise (groups == Cin == Cout)   -> dwconv.cl: channel vectors x PX output pixels per work-item;
+#   1x1, stride 1, no padding, ungrouped, more than 16 outputs
+#                                       -> the Gemm on the NHWC input as it is ([N*H*W, Cin] rows);
+#   everything else                     -> conv.cl: implicit GEMM, no im2col buffer.
+# conv.cl runs 1x1 convs too, but on MobileNetV2's eleven kinds of 1x1 layer at batch 8 the Gemm (8x32
+# blocks) was as fast or up to 1.3x faster (small K, where its taller blocks pay), except with 16
+# outputs (32 -> 16 at 112x112: 1.43 ms on the Gemm, 0.88 ms on conv.cl), where the Gemm computes 32
+# columns and conv.cl's 16-wide panels waste none.
+_CONV_MR = {4: 4, 2: 6, 1: 8}  # pixels per work-item for each panel width NV (x16 channels) in conv.cl
+# Relative time per output column of conv.cl's blockings, from its 3x3 and stem measurements: used to
+# trade wider panels against the zero columns they pad a group's outputs with (64 -> NV 4, 96 -> NV 2).
+_CONV_COST = {4: 1.0, 2: 1.05, 1: 1.15}
+
+
+class _Launch:
+    """A kernel launch whose arguments are set once: the constant ones (weights, shapes) here, the
+    first ``len(args)`` (the arena's buffer and offsets) on a call when they differ from the last.
+
+    Why: pyopencl's ``kernel(queue, ...)`` converts every argument on every call, about 10 us per
+    untyped scalar on PoCL here: 200 to 300 us for conv.cl's 27 arguments, which made the launches of
+    ResNet-18 at 32x32 (23 steps, 2.3 ms of kernels) cost 9 ms. An enqueue with arguments already
+    set costs 2 to 7 us. Not thread-safe: the kernel's arguments are shared state.
+    """
+
+    def __init__(self, kernel: cl.Kernel, global_size: tuple[int, ...], n_dynamic: int, constant: list):
+        self.kernel, self.global_size, self.local_size = kernel, global_size, (1,) * len(global_size)
+        self.n_dynamic, self.last = n_dynamic, None
+        self.constant = constant  # the kernel holds raw handles: keep the buffers alive
+        for i, a in enumerate(constant):
+            kernel.set_arg(n_dynamic + i, np.int32(a) if isinstance(a, (int, np.integer)) else a)
+
+    def __call__(self, queue: cl.CommandQueue, *args) -> cl.Event:
+        assert len(args) == self.n_dynamic
+        args = tuple(np.int32(a) if isinstance(a, (int, np.integer)) else a for a in args)
+        if args != self.last:
+            for i, a in enumerate(args):
+                self.kernel.set_arg(i, a)
+            self.last = args  # and keeps these alive
+        return cl.enqueue_nd_range_kernel(queue, self.kernel, self.global_size, self.local_size)
+
+
+def _conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, padding before, dilation) as (rows, cols) pairs; padding strings resolved.
+    Padding after is implied by the output size, so "same" with an even kernel works too."""
+    k, s, d = conv.kernel_size, conv.stride, conv.dilation
+    if conv.padding == "valid":
+        p = (0, 0)
+    elif conv.padding == "same":  # torch puts the odd pixel of the total padding after
+        p = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
+    else:
+        p = conv.padding
+    return k, s, p, d
+
+
+def _pack_conv_weight(wt: torch.Tensor, bias: torch.Tensor, groups: int, nr: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The weight [Cout, CG, KH, KW] as conv.cl's panels [groups * PPG, KH*KW*CG, nr] (k = (kh, kw, ci)),
+    the bias as [groups * PPG * nr], zero past each group's OG outputs; and PPG, the panels per group."""
+    cout, cg, kh, kw = wt.shape
+    og, k = cout // groups, kh * kw * cg
+    ppg = -(-og // nr)
+    b = wt.reshape(groups, og, cg, kh, kw).permute(0, 3, 4, 2, 1).reshape(groups, k, og)
+    b = F.pad(b, (0, ppg * nr - og)).reshape(groups, k, ppg, nr).transpose(1, 2)
+    bias = F.pad(bias.reshape(groups, og), (0, ppg * nr - og))
+    return b.contiguous().numpy(), bias.contiguous().numpy(), ppg
+
+
 def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, res: Value | None) -> Value | None:
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or len(x.shape) != 4:
+    if conv.padding_mode != "zeros" or len(x.shape) != 4 or (act is not None and act not in UNARY):
         return None
     x = contiguous(lw, n, x, NHWC)
-    nb, _, h, w = x.shape
+    res = contiguous(lw, n, res, NHWC) if res is not None else None
+    nb, cin, h, w = x.shape
     oh, ow = meta.shape(n)[2:]
     cout, g = conv.out_channels, conv.groups
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _conv_geometry(conv)
     out = lw.new((nb, cout, oh, ow), NHWC)
-    res = contiguous(lw, n, res, NHWC) if res is not None else None
     wt = conv.weight.detach().float()
     bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(cout)
-    fused = act if act in GEMM_ACTIVATIONS else None
-    i32 = np.int32
-    if act is not None and act not in UNARY:
-        return None
-    if g == conv.in_channels == cout:  # depthwise
-        opts = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({UNARY[act]})"] if act else [])
-        kernel = _kernel(lw, "dwconv.cl", "dwconv", opts)
-        wbuf = lw.device.alloc(hostbuf=wt.reshape(cout, kh * kw).t().contiguous().numpy(), flags=cl.mem_flags.READ_ONLY)
-        bbuf = lw.device.alloc(hostbuf=bias.numpy(), flags=cl.mem_flags.READ_ONLY)
-        total = out.numel
+    reads = [x] + ([res] if res is not None else [])
+    epilogue = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({UNARY[act]})"] if act else [])
+
+    def alloc(a: np.ndarray, what: str) -> cl.Buffer:
+        return lw.device.alloc(hostbuf=a, what=f"uploading {what} of '{n.name}'", flags=cl.mem_flags.READ_ONLY)
+
+    if g == cin == cout:  # depthwise
+        # Vector width: the least padding past C, then the widest; PX: the least padding past OW.
+        vc = min((16, 8, 4), key=lambda v: (-(-cin // v) * v, -v))
+        px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
+        cp = -(-cin // vc) * vc
+        geometry = dict(VC=vc, PX=px, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw)
+        kernel = _kernel(lw, "dwconv.cl", "dwconv", [f"-D{k}={v}" for k, v in geometry.items()] + epilogue)
+        wbuf = alloc(F.pad(wt.reshape(cout, kh * kw).t(), (0, cp - cout)).contiguous().numpy(), "the weight")
+        bbuf = alloc(F.pad(bias, (0, cp - cout)).numpy(), "the bias")
+        launch = _Launch(kernel, (cp // vc, -(-ow // px), nb * oh), 6, [wbuf, bbuf, h, w, cin, oh, ow, ph, pw, nb * oh])
+
+        def enqueue(queue, arena, offsets):
+            rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
+            return launch(queue, *where(lw, out, arena, offsets), *where(lw, x, arena, offsets), rb, ro)
+
+        lw.add(n, "dwconv", reads, [out], enqueue)
+        return out
+
+    m = nb * oh * ow
+    if (kh, kw, sh, sw, ph, pw, g) == (1, 1, 1, 1, 0, 0, 1) and cout > 16:  # the Gemm straight on x's rows
+        fused = act if act in GEMM_ACTIVATIONS else None
+        gemm = Gemm(lw.device, wt[:, :, 0, 0].t(), bias, residual=res is not None, activation=fused or "none",
+                    config=GemmConfig.for_rows(m))
 
         def enqueue(queue, arena, offsets):
             ob, oo = where(lw, out, arena, offsets)
             xb, xo = where(lw, x, arena, offsets)
-            rb, ro = where(lw, res, arena, offsets) if res is not None else (xb, 0)
-            return kernel(queue, (_round(total),), (LOCAL,), ob, i32(oo), xb, i32(xo), wbuf, bbuf, rb, i32(ro),
-                          *(i32(v) for v in (h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, total)))
+            rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
+            return gemm.enqueue(queue, xb, ob, m, a_offset=xo, c_offset=oo, residual_buf=rb, r_offset=ro)
 
-        lw.add(n, "dwconv", [x] + ([res] if res is not None else []), [out], enqueue)
-        return out
-    cg, og = conv.in_channels // g, cout // g
-    m = nb * oh * ow
-    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and g == 1
-    gemms = [Gemm(lw.device, wt[i * og:(i + 1) * og].permute(2, 3, 1, 0).reshape(kh * kw * cg, og), bias[i * og:(i + 1) * og],
-                  residual=res is not None, activation=fused or "none") for i in range(g)]
-    cols = None if direct else lw.new((m, kh * kw * cg), (0, 1))
-    im2col = None if direct else _kernel(lw, "im2col.cl", "im2col", [])
+        lw.add(n, "conv 1x1 (gemm)", reads, [out], enqueue)
+        return eltwise(lw, n, UNARY[act], out, out) if act is not None and fused is None else out
+
+    cg, og = cin // g, cout // g
+    nv = min((4, 2, 1), key=lambda v: (-(-og // (16 * v)) * 16 * v * _CONV_COST[v], -v))
+    mr = _CONV_MR[nv]
+    packed, bias_p, ppg = _pack_conv_weight(wt, bias, g, 16 * nv)
+    kernel = _kernel(lw, "conv.cl", "conv", [f"-DMR={mr}", f"-DNV={nv}"] + epilogue)
+    wbuf, bbuf = alloc(packed, "the packed weight"), alloc(bias_p, "the bias")
+    zbuf = alloc(np.zeros(cg, np.float32), "zeros")  # what taps in the padding read
+    launch = _Launch(kernel, (g * ppg, -(-m // mr)), 6, [wbuf, bbuf, zbuf, h, w, cin, oh, ow, cout, cg, og, ppg,
+                                                         kh, kw, sh, sw, ph, pw, dh, dw, m])
 
     def enqueue(queue, arena, offsets):
-        ob, oo = where(lw, out, arena, offsets)
-        xb, xo = where(lw, x, arena, offsets)
         rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
-        events = []
-        for i, gemm in enumerate(gemms):
-            if direct:
-                ab, ao = xb, xo
-            else:
-                ab, ao = where(lw, cols, arena, offsets)
-                total = cols.numel
-                events.append(im2col(queue, (_round(total),), (LOCAL,), ab, i32(ao), xb, i32(xo), *(i32(v) for v in (
-                    h, w, conv.in_channels, i * cg, cg, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, total))))
-            events.append(gemm.enqueue(queue, ab, ob, m, a_offset=ao, c_offset=oo + i * og, ldc=cout,
-                                       residual_buf=rb, r_offset=ro + i * og, ldr=cout))
-        return events
+        return launch(queue, *where(lw, out, arena, offsets), *where(lw, x, arena, offsets), rb, ro)
 
-    reads = [x] + ([res] if res is not None else [])
-    lw.add(n, "conv" if direct or kh * kw == 1 else "im2col+gemm", reads, [out] + ([cols] if cols else []), enqueue)
-    if act is not None and fused is None:
-        return eltwise(lw, n, UNARY[act], out, out)
+    lw.add(n, "conv", reads, [out], enqueue)
     return out
 
 
