@@ -1,4 +1,4 @@
-"""Shared timing helpers for benchmarks: interleaved repeats, medians.
+"""Shared timing helpers for benchmarks: repeats interleaved or in blocks, medians.
 
 Importing it also takes this folder off ``sys.path`` (where Python put it, running a script from
 here): ``benchmarks/runtime.py`` would otherwise shadow the ``runtime`` package. Scripts import this
@@ -31,6 +31,30 @@ def median_ms(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int
                 fn()
                 samples[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def blocked_median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_block: int, warmup: int = 2,
+                      settle_s: float = 0.0) -> dict[str, float]:
+    """Median ms per call, timing each callable in blocks (A A A, B B B, C C C, A A A, ...).
+
+    Three thread pools share two cores here: OpenBLAS's, torch's OpenMP and PoCL's, and a pool's
+    threads keep spinning for a while after its last call. Alternating call by call, torch fell from
+    ~175 to ~60 GFLOP/s at 1024^3 (to 2 at M = 8); in blocks straight after numpy, our kernel fell from
+    ~207 to ~164. So each block starts after ``settle_s`` of sleep and with untimed warm-up calls;
+    the rounds spread drift from other processes over all methods.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                time.sleep(settle_s)
+                for _ in range(warmup):
+                    fn()
+                for _ in range(per_block):
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:

@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,35 +28,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 # The repo before benchmarks/, so that `runtime` is the package even though benchmarks/runtime.py exists.
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
-from _timing import markdown_table  # noqa: E402
+from _timing import blocked_median_ms, markdown_table  # noqa: E402
 
 from runtime.opencl import Gemm, GemmConfig, open_device  # noqa: E402
 
 SHAPES = [(1024, 1024, 1024), (8 * 56 * 56, 64, 576), (8 * 14 * 14, 256, 2304), (8, 1000, 512)]
-
-
-def blocked_median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_block: int, warmup: int = 2,
-                      settle_s: float = 0.0) -> dict[str, float]:
-    """Median ms per call, timing each callable in blocks (A A A, B B B, C C C, A A A, ...).
-
-    Three thread pools share two cores here: OpenBLAS's, torch's OpenMP and PoCL's, and a pool's
-    threads keep spinning for a while after its last call. Alternating call by call, torch fell from
-    ~175 to ~60 GFLOP/s at 1024^3 (to 2 at M = 8); in blocks straight after numpy, our kernel fell from
-    ~207 to ~164. So each block starts after ``settle_s`` of sleep and with untimed warm-up calls;
-    the rounds spread drift from other processes over all methods.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.no_grad():
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                time.sleep(settle_s)
-                for _ in range(warmup):
-                    fn()
-                for _ in range(per_block):
-                    t0 = time.perf_counter()
-                    fn()
-                    samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def _busy_seconds() -> float | None:

@@ -1,6 +1,6 @@
 """OpenCL convolutions against torch: the implicit-GEMM kernel (conv.cl), depthwise (dwconv.cl) and
 1x1 convs on the GEMM, over kernel sizes, strides, padding, dilation, groups, odd channel counts and
-sizes, and the fused bias / residual / activation epilogue."""
+sizes, and the fused bias / residual / activation epilogue; and fixed-window pooling (pool.cl)."""
 import random
 
 import pytest
@@ -151,3 +151,30 @@ def test_reflect_padding_is_left_to_torch():
     assert [f.split(" ")[1] for f in cm.report.backend["fallbacks"]] == ["(Conv2d)"]
     with torch.no_grad():
         assert rel_err(model(x), cm(x)) < TOL
+
+
+# (pool, channels, (h, w)): pool_vec's channel vectors (16, 8, 4 and a partial last one), pixel
+# blocks that do not divide the output width, padding, ceil mode and both average divisors.
+POOLS = [
+    (nn.MaxPool2d(3, 2, 1), 64, (20, 23)),
+    (nn.MaxPool2d(2), 17, (9, 11)),
+    (nn.MaxPool2d(3, 1, 1, ceil_mode=True), 40, (7, 9)),
+    (nn.MaxPool2d((3, 2), (2, 1), (1, 0), ceil_mode=True), 8, (11, 10)),
+    (nn.AvgPool2d(3, 2, 1), 24, (13, 15)),
+    (nn.AvgPool2d(3, 2, 1, count_include_pad=False), 20, (13, 15)),
+    (nn.AvgPool2d(2, ceil_mode=True), 3, (9, 11)),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), 36, (10, 12)),
+]
+
+
+@pytest.mark.parametrize("pool, channels, hw", POOLS, ids=[f"{p}-{c}" for p, c, _ in POOLS])
+def test_pool_matches_torch(pool, channels, hw):
+    model = nn.Sequential(nn.Conv2d(channels, channels, 1), pool).eval()
+    x = torch.randn(2, channels, *hw)
+    cm = compiler.compile(model, (x,), target="opencl")
+    assert cm.report.backend["fallbacks"] == []
+    kind = "maxpool" if isinstance(pool, nn.MaxPool2d) else "avgpool"
+    assert [s.kernel for s in cm._runner.lowered.steps].count(kind) == 1
+    with torch.no_grad():
+        ref = model(x)
+    assert rel_err(ref, cm(x)) < TOL

@@ -137,23 +137,30 @@ class Gemm:
         l0, l1 = self.local_size
         return _round_up(self.panels, l0), _round_up(-(-m // self.config.mr), l1)
 
+    def args(self, a, c, m: int, *, residual=(None, 0), lda: int | None = None, ldc: int | None = None,
+             ldr: int | None = None) -> list:
+        """The kernel's arguments in order, for ``kernel(...)`` or ``ops.Launch``. ``a``, ``c`` and
+        ``residual`` are (buffer, element offset) pairs, or anything ``ops.Launch`` resolves to one;
+        by default rows are packed (lda = K, ldc = ldr = N)."""
+        if (residual[0] is None) == self.residual:
+            raise InputError("this Gemm was built " + ("with" if self.residual else "without")
+                             + " a residual; pass one accordingly")
+        n = self.N
+        return [a, self.K if lda is None else lda, self.b_buf, self.bias_buf, residual, n if ldr is None else ldr,
+                c, n if ldc is None else ldc, m, n, self.K]
+
     def enqueue(self, queue: cl.CommandQueue, a_buf: cl.Buffer, c_buf: cl.Buffer, m: int, *,
                 a_offset: int = 0, lda: int | None = None, c_offset: int = 0, ldc: int | None = None,
                 residual_buf: cl.Buffer | None = None, r_offset: int = 0, ldr: int | None = None,
                 wait_for: list[cl.Event] | None = None) -> cl.Event:
-        """Launch on ``queue`` without waiting. Offsets and leading dimensions count float32 elements;
-        by default rows are packed (lda = K, ldc = ldr = N)."""
-        if (residual_buf is None) == self.residual:
-            raise InputError("this Gemm was built " + ("with" if self.residual else "without")
-                             + " a residual; pass residual_buf accordingly")
-        n = self.N
+        """Launch on ``queue`` without waiting. Offsets and leading dimensions count float32 elements."""
+        args = self.args((a_buf, a_offset), (c_buf, c_offset), m, residual=(residual_buf, r_offset),
+                         lda=lda, ldc=ldc, ldr=ldr)
+        flat = [x for a in args for x in (a if isinstance(a, tuple) else (a,))]
         try:
-            return self.kernel(queue, self.global_size(m), self.local_size,
-                               a_buf, a_offset, self.K if lda is None else lda, self.b_buf, self.bias_buf,
-                               residual_buf, r_offset, n if ldr is None else ldr,
-                               c_buf, c_offset, n if ldc is None else ldc, m, n, self.K, wait_for=wait_for)
+            return self.kernel(queue, self.global_size(m), self.local_size, *flat, wait_for=wait_for)
         except cl.Error as e:
-            raise translate(e, what=f"launching a {m}x{n}x{self.K} GEMM", device=self.device.cl_device) from e
+            raise translate(e, what=f"launching a {m}x{self.N}x{self.K} GEMM", device=self.device.cl_device) from e
 
     def __call__(self, a: np.ndarray | torch.Tensor, residual: np.ndarray | torch.Tensor | None = None):
         """Run on host arrays and wait: [M, K] in, [M, N] out, numpy or torch as given. For tests."""

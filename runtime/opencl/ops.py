@@ -82,7 +82,6 @@ def eltwise(lw: Lowering, n: fx.Node, expr: str, out: Value, a: Value, b: Value 
     dims = _int8(_pad6([shape[d] for d in order], 1))
     so8, sa8, sb8 = (_int8(_pad6([s[d] for d in order], 0)) for s in (so, sa, sb))
     total = math.prod(shape)
-    i32 = np.int32
     dense, step = [0] * len(shape), 1
     for d in reversed(order):  # strides of a tensor contiguous in the iteration order
         dense[d], step = (step if shape[d] > 1 else 0), step * shape[d]
@@ -90,27 +89,13 @@ def eltwise(lw: Lowering, n: fx.Node, expr: str, out: Value, a: Value, b: Value 
     flat = all(so[d] == c and sa[d] == c for d, c in nz) and (all(sb[d] == c for d, c in nz) or not any(sb))
     if flat:
         kernel = _kernel(lw, "eltwise.cl", "eltwise_flat", [f"-DOP=({expr})"])
-        sb_flat = i32(1 if any(sb[d] for d, _ in nz) else 0)
-
-        def enqueue(queue, arena, offsets):
-            ob, oo = where(lw, out, arena, offsets)
-            ab, ao = where(lw, a, arena, offsets)
-            bb, bo = where(lw, b, arena, offsets) if b is not None else (ab, ao)
-            return kernel(queue, (_round(total),), (LOCAL,), ob, i32(oo + out_offset), ab, i32(ao + a_offset),
-                          bb, i32(bo), sb_flat, i32(total))
-
-        lw.add(n, "eltwise", [x for x in (a, b) if x is not None], [out], enqueue)
-        return out
-    kernel = _kernel(lw, "eltwise.cl", "eltwise", [f"-DOP=({expr})"])
-
-    def enqueue(queue, arena, offsets):
-        ob, oo = where(lw, out, arena, offsets)
-        ab, ao = where(lw, a, arena, offsets)
-        bb, bo = where(lw, b, arena, offsets) if b is not None else (ab, ao)
-        return kernel(queue, (_round(total),), (LOCAL,), ob, i32(oo + out_offset), so8, ab, i32(ao + a_offset), sa8,
-                      bb, i32(bo), sb8, dims, i32(total))
-
-    lw.add(n, "eltwise", [x for x in (a, b) if x is not None], [out], enqueue)
+        args = [(out, out_offset), (a, a_offset), b if b is not None else (a, a_offset),
+                int(any(sb[d] for d, _ in nz)), total]
+    else:
+        kernel = _kernel(lw, "eltwise.cl", "eltwise", [f"-DOP=({expr})"])
+        args = [(out, out_offset), so8, (a, a_offset), sa8, b if b is not None else (a, a_offset), sb8, dims, total]
+    launch = Launch(lw, kernel, (_round(total),), (LOCAL,), args)
+    lw.add(n, "eltwise", [x for x in (a, b) if x is not None], [out], launch)
     return out
 
 
@@ -143,31 +128,61 @@ _CONV_MR = {4: 4, 2: 6, 1: 8}  # pixels per work-item for each panel width NV (x
 _CONV_COST = {4: 1.0, 2: 1.05, 1: 1.15}
 
 
-class _Launch:
-    """A kernel launch whose arguments are set once: the constant ones (weights, shapes) here, the
-    first ``len(args)`` (the arena's buffer and offsets) on a call when they differ from the last.
+class Launch:
+    """A step's kernel launch with its arguments set once, not on every run.
+
+    ``args`` are the kernel's arguments in order. A Value stands for two of them, its buffer and its
+    element offset there (a ``(Value, extra)`` pair adds ``extra`` to the offset; ``(None, 0)`` passes
+    no buffer); ints become int32, floats float32; buffers and numpy vectors pass as they are. The
+    Values are resolved against the run's arena and storage offsets on the first call and again only
+    when those change, so a run is one ``enqueue_nd_range_kernel`` per step.
 
     Why: pyopencl's ``kernel(queue, ...)`` converts every argument on every call, about 10 us per
     untyped scalar on PoCL here: 200 to 300 us for conv.cl's 27 arguments, which made the launches of
     ResNet-18 at 32x32 (23 steps, 2.3 ms of kernels) cost 9 ms. An enqueue with arguments already
-    set costs 2 to 7 us. Not thread-safe: the kernel's arguments are shared state.
+    set costs 2 to 7 us (benchmarks/launch_overhead.py). Not thread-safe: a kernel's arguments are
+    shared state, so each lowering builds its own kernel objects.
     """
 
-    def __init__(self, kernel: cl.Kernel, global_size: tuple[int, ...], n_dynamic: int, constant: list):
-        self.kernel, self.global_size, self.local_size = kernel, global_size, (1,) * len(global_size)
-        self.n_dynamic, self.last = n_dynamic, None
-        self.constant = constant  # the kernel holds raw handles: keep the buffers alive
-        for i, a in enumerate(constant):
-            kernel.set_arg(n_dynamic + i, np.int32(a) if isinstance(a, (int, np.integer)) else a)
+    def __init__(self, lw: Lowering, kernel: cl.Kernel, global_size: tuple[int, ...],
+                 local_size: tuple[int, ...] | None, args: list):
+        self.lw, self.kernel = lw, kernel
+        self.global_size, self.local_size = global_size, local_size or (1,) * len(global_size)
+        self.dynamic: list[tuple[int, Value, int]] = []  # (argument index of the buffer, value, extra offset)
+        self.keep = []  # the kernel holds raw handles: keep what it points to alive
+        i = 0
+        for a in args:
+            if isinstance(a, Value):
+                a = (a, 0)
+            if isinstance(a, tuple) and len(a) == 2 and (a[0] is None or isinstance(a[0], Value)):
+                if a[0] is None:  # no buffer (an absent residual): a null pointer and offset 0
+                    kernel.set_arg(i, None)
+                    kernel.set_arg(i + 1, np.int32(0))
+                else:
+                    self.dynamic.append((i, *a))
+                i += 2
+                continue
+            kernel.set_arg(i, self._scalar(a))
+            self.keep.append(a)
+            i += 1
+        self.bound = (None, None)
 
-    def __call__(self, queue: cl.CommandQueue, *args) -> cl.Event:
-        assert len(args) == self.n_dynamic
-        args = tuple(np.int32(a) if isinstance(a, (int, np.integer)) else a for a in args)
-        if args != self.last:
-            for i, a in enumerate(args):
-                self.kernel.set_arg(i, a)
-            self.last = args  # and keeps these alive
+    def __call__(self, queue: cl.CommandQueue, arena, offsets) -> cl.Event:
+        if self.bound[0] is not arena or self.bound[1] is not offsets:
+            for i, v, extra in self.dynamic:
+                buf, off = where(self.lw, v, arena, offsets)
+                self.kernel.set_arg(i, buf)
+                self.kernel.set_arg(i + 1, np.int32(off + extra))
+            self.bound = (arena, offsets)
         return cl.enqueue_nd_range_kernel(queue, self.kernel, self.global_size, self.local_size)
+
+    @staticmethod
+    def _scalar(a):
+        if isinstance(a, (bool, int, np.integer)):
+            return np.int32(a)
+        if isinstance(a, float):
+            return np.float32(a)
+        return a
 
 
 def _conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
@@ -222,13 +237,9 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
         kernel = _kernel(lw, "dwconv.cl", "dwconv", [f"-D{k}={v}" for k, v in geometry.items()] + epilogue)
         wbuf = alloc(F.pad(wt.reshape(cout, kh * kw).t(), (0, cp - cout)).contiguous().numpy(), "the weight")
         bbuf = alloc(F.pad(bias, (0, cp - cout)).numpy(), "the bias")
-        launch = _Launch(kernel, (cp // vc, -(-ow // px), nb * oh), 6, [wbuf, bbuf, h, w, cin, oh, ow, ph, pw, nb * oh])
-
-        def enqueue(queue, arena, offsets):
-            rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
-            return launch(queue, *where(lw, out, arena, offsets), *where(lw, x, arena, offsets), rb, ro)
-
-        lw.add(n, "dwconv", reads, [out], enqueue)
+        launch = Launch(lw, kernel, (cp // vc, -(-ow // px), nb * oh), None,
+                        [out, x, (res, 0), wbuf, bbuf, h, w, cin, oh, ow, ph, pw, nb * oh])
+        lw.add(n, "dwconv", reads, [out], launch)
         return out
 
     m = nb * oh * ow
@@ -237,13 +248,8 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
         gemm = Gemm(lw.device, wt[:, :, 0, 0].t(), bias, residual=res is not None, activation=fused or "none",
                     config=GemmConfig.for_rows(m))
 
-        def enqueue(queue, arena, offsets):
-            ob, oo = where(lw, out, arena, offsets)
-            xb, xo = where(lw, x, arena, offsets)
-            rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
-            return gemm.enqueue(queue, xb, ob, m, a_offset=xo, c_offset=oo, residual_buf=rb, r_offset=ro)
-
-        lw.add(n, "conv 1x1 (gemm)", reads, [out], enqueue)
+        lw.add(n, "conv 1x1 (gemm)", reads, [out], Launch(lw, gemm.kernel, gemm.global_size(m), gemm.local_size,
+                                                          gemm.args(x, out, m, residual=(res, 0))))
         return eltwise(lw, n, UNARY[act], out, out) if act is not None and fused is None else out
 
     cg, og = cin // g, cout // g
@@ -253,14 +259,10 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     kernel = _kernel(lw, "conv.cl", "conv", [f"-DMR={mr}", f"-DNV={nv}"] + epilogue)
     wbuf, bbuf = alloc(packed, "the packed weight"), alloc(bias_p, "the bias")
     zbuf = alloc(np.zeros(cg, np.float32), "zeros")  # what taps in the padding read
-    launch = _Launch(kernel, (g * ppg, -(-m // mr)), 6, [wbuf, bbuf, zbuf, h, w, cin, oh, ow, cout, cg, og, ppg,
-                                                         kh, kw, sh, sw, ph, pw, dh, dw, m])
-
-    def enqueue(queue, arena, offsets):
-        rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
-        return launch(queue, *where(lw, out, arena, offsets), *where(lw, x, arena, offsets), rb, ro)
-
-    lw.add(n, "conv", reads, [out], enqueue)
+    launch = Launch(lw, kernel, (g * ppg, -(-m // mr)), None,
+                    [out, x, (res, 0), wbuf, bbuf, zbuf, h, w, cin, oh, ow, cout, cg, og, ppg,
+                     kh, kw, sh, sw, ph, pw, dh, dw, m])
+    lw.add(n, "conv", reads, [out], launch)
     return out
 
 
@@ -274,13 +276,8 @@ def _linear(lw: Lowering, n: fx.Node, lin: nn.Linear, x: Value, act: str | None,
     gemm = Gemm(lw.device, lin.weight.detach().float().t(), lin.bias.detach().float() if lin.bias is not None else None,
                 residual=res is not None, activation=fused or "none")
 
-    def enqueue(queue, arena, offsets):
-        ob, oo = where(lw, out, arena, offsets)
-        xb, xo = where(lw, x, arena, offsets)
-        rb, ro = where(lw, res, arena, offsets) if res is not None else (None, 0)
-        return gemm.enqueue(queue, xb, ob, rows, a_offset=xo, c_offset=oo, residual_buf=rb, r_offset=ro)
-
-    lw.add(n, "gemm", [x] + ([res] if res is not None else []), [out], enqueue)
+    lw.add(n, "gemm", [x] + ([res] if res is not None else []), [out],
+           Launch(lw, gemm.kernel, gemm.global_size(rows), gemm.local_size, gemm.args(x, out, rows, residual=(res, 0))))
     if act is not None and fused is None:
         return eltwise(lw, n, UNARY[act], out, out)
     return out
@@ -302,16 +299,20 @@ def pool(lw: Lowering, n: fx.Node, x: Value, kind: str, *, kernel=(1, 1), stride
     nb, c, h, w = x.shape
     oh, ow = out_hw or meta.shape(n)[2:]
     out = lw.new((nb, c, oh, ow), NHWC)
-    k = _kernel(lw, "pool.cl", "pool", ["-DMAX"] if kind == "max" else [])
-    i32, total = np.int32, out.numel
-    args = (h, w, c, oh, ow, *kernel, *stride, *padding, int(adaptive), int(count_pad), total)
-
-    def enqueue(queue, arena, offsets):
-        ob, oo = where(lw, out, arena, offsets)
-        xb, xo = where(lw, x, arena, offsets)
-        return k(queue, (_round(total),), (LOCAL,), ob, i32(oo), xb, i32(xo), *(i32(v) for v in args))
-
-    lw.add(n, f"{kind}pool", [x], [out], enqueue)
+    kind_opt = ["-DMAX"] if kind == "max" else []
+    if adaptive:
+        k = _kernel(lw, "pool.cl", "pool", kind_opt)
+        total = out.numel
+        launch = Launch(lw, k, (_round(total),), (LOCAL,),
+                        [out, x, h, w, c, oh, ow, *kernel, *stride, *padding, 1, int(count_pad), total])
+    else:  # vectorised like the depthwise conv: channel vectors x PX pixels per work-item
+        vc = min((16, 8, 4), key=lambda v: (-(-c // v) * v, -v))
+        px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
+        geometry = dict(VC=vc, PX=px, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1])
+        k = _kernel(lw, "pool.cl", "pool_vec", [f"-D{k}={v}" for k, v in geometry.items()] + kind_opt)
+        launch = Launch(lw, k, (-(-c // vc), -(-ow // px), nb * oh), None,
+                        [out, x, h, w, c, oh, ow, *padding, nb * oh, int(count_pad)])
+    lw.add(n, f"{kind}pool", [x], [out], launch)
     return out
 
 
@@ -326,19 +327,11 @@ def rows(lw: Lowering, n: fx.Node, x: Value, kind: str, w: Value | None = None, 
         w = w or lw.upload(torch.ones(length), f"{n.name}: weight")
         b = b or lw.upload(torch.zeros(length), f"{n.name}: bias")
     k = _kernel(lw, "rows.cl", kind, [])
-    i32 = np.int32
-
-    def enqueue(queue, arena, offsets):
-        ob, oo = where(lw, out, arena, offsets)
-        xb, xo = where(lw, x, arena, offsets)
-        if kind == "softmax":
-            return k(queue, (_round(r),), (LOCAL,), ob, i32(oo), xb, i32(xo), i32(r), i32(length))
-        wb, wo = where(lw, w, arena, offsets)
-        bb, bo = where(lw, b, arena, offsets)
-        assert wo == bo == 0, "layer norm weights live in their own buffers"
-        return k(queue, (_round(r),), (LOCAL,), ob, i32(oo), xb, i32(xo), wb, bb, i32(r), i32(length), np.float32(eps))
-
-    lw.add(n, kind, [v for v in (x, w, b) if v is not None], [out], enqueue)
+    if kind == "softmax":
+        args = [out, x, r, length]
+    else:
+        args = [out, x, w, b, r, length, float(eps)]
+    lw.add(n, kind, [v for v in (x, w, b) if v is not None], [out], Launch(lw, k, (_round(r),), (LOCAL,), args))
     return out
 
 
@@ -359,14 +352,7 @@ def matmul(lw: Lowering, n: fx.Node, a: Value, b: Value, out_shape=None) -> Valu
     sa, sb = strides(a), strides(b)
     out = lw.new(out_shape, tuple(range(len(out_shape))))
     kernel = _kernel(lw, "bmm.cl", "bmm", [])
-    total, i32 = out.numel, np.int32
-
-    def enqueue(queue, arena, offsets):
-        ob, oo = where(lw, out, arena, offsets)
-        ab, ao = where(lw, a, arena, offsets)
-        bb, bo = where(lw, b, arena, offsets)
-        return kernel(queue, (_round(total),), (LOCAL,), ob, i32(oo), ab, i32(ao), sa, bb, i32(bo), sb,
-                      i32(batch[1]), i32(m), i32(nn_), i32(k), i32(total))
-
-    lw.add(n, "bmm", [a, b], [out], enqueue)
+    total = out.numel
+    lw.add(n, "bmm", [a, b], [out], Launch(lw, kernel, (_round(total),), (LOCAL,),
+                                           [out, a, sa, b, sb, batch[1], m, nn_, k, total]))
     return out

@@ -31,6 +31,19 @@ def _simd_width(d: cl.Device) -> int:
         return max(int(d.preferred_vector_width_float), 1)
 
 
+def fma_peak_gflops(device: Device | None = None, *, repeats: int = 5) -> float:
+    """The device's fp32 FMA throughput on a register-only float16 chain (``peak.cl``): the roofline's
+    compute ceiling, reached by no real kernel."""
+    device = device or open_device()
+    q, iters = device.queue(), 4096
+    kernel = cl.Kernel(build_program(device, kernel_source("peak.cl"), [f"-DITERS={iters}"], name="peak.cl"), "fma_peak")
+    items = 64 * device.cl_device.max_compute_units
+    out = device.alloc(items * 4)
+    a, b = np.float32(0.999), np.float32(0.001)
+    seconds = _best_s(lambda: (kernel(q, (items,), None, out, a, b), q.finish()), repeats)
+    return items * 8 * 16 * 2 * iters / seconds / 1e9
+
+
 def measure_target(device: Device | None = None, *, repeats: int = 5) -> Target:
     device = device or open_device()
     d, q = device.cl_device, device.queue()

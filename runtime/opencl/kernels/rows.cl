@@ -28,7 +28,8 @@ __kernel void softmax(__global float *out, int out_off, __global const float *x,
 }
 
 __kernel void layer_norm(__global float *out, int out_off, __global const float *x, int x_off,
-                         __global const float *w, __global const float *b, int R, int L, float eps)
+                         __global const float *w, int w_off, __global const float *b, int b_off,
+                         int R, int L, float eps)
 {
     int r = get_global_id(0);
     if (r >= R)
@@ -46,5 +47,5 @@ __kernel void layer_norm(__global float *out, int out_off, __global const float 
     }
     float inv = rsqrt(var / (float)L + eps);
     for (int i = 0; i < L; ++i)
-        dst[i] = (row[i] - mean) * inv * w[i] + b[i];
+        dst[i] = (row[i] - mean) * inv * w[w_off + i] + b[b_off + i];
 }
