@@ -98,3 +98,8 @@ class DatasetError(CompilerError):
 
 class FineTuneError(CompilerError, ValueError):
     """A fine-tuning request cannot be carried out: a bad option (valid choices listed) or data that does not fit."""
+
+
+class CalibrationError(CompilerError):
+    """A cost-model calibration profile cannot be used: missing, malformed, made on another device, or
+    stale (the kernels changed since); says how to recalibrate."""

@@ -15,6 +15,7 @@ from torch import nn
 from compiler import meta
 from compiler.ops import FusedOp
 
+from .decisions import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_padding
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
 from .lower import NHWC, Lowering, Value
@@ -188,14 +189,7 @@ class Launch:
 def _conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
     """(kernel, stride, padding before, dilation) as (rows, cols) pairs; padding strings resolved.
     Padding after is implied by the output size, so "same" with an even kernel works too."""
-    k, s, d = conv.kernel_size, conv.stride, conv.dilation
-    if conv.padding == "valid":
-        p = (0, 0)
-    elif conv.padding == "same":  # torch puts the odd pixel of the total padding after
-        p = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
-    else:
-        p = conv.padding
-    return k, s, p, d
+    return tuple(conv.kernel_size), tuple(conv.stride), conv_padding(conv), tuple(conv.dilation)
 
 
 def _pack_conv_weight(wt: torch.Tensor, bias: torch.Tensor, groups: int, nr: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -228,7 +222,8 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     def alloc(a: np.ndarray, what: str) -> cl.Buffer:
         return lw.device.alloc(hostbuf=a, what=f"uploading {what} of '{n.name}'", flags=cl.mem_flags.READ_ONLY)
 
-    if g == cin == cout:  # depthwise
+    family = conv_family(conv)
+    if family == DWCONV:
         # Vector width: the least padding past C, then the widest; PX: the least padding past OW.
         vc = min((16, 8, 4), key=lambda v: (-(-cin // v) * v, -v))
         px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
@@ -239,16 +234,16 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
         bbuf = alloc(F.pad(bias, (0, cp - cout)).numpy(), "the bias")
         launch = Launch(lw, kernel, (cp // vc, -(-ow // px), nb * oh), None,
                         [out, x, (res, 0), wbuf, bbuf, h, w, cin, oh, ow, ph, pw, nb * oh])
-        lw.add(n, "dwconv", reads, [out], launch)
+        lw.add(n, DWCONV, reads, [out], launch)
         return out
 
     m = nb * oh * ow
-    if (kh, kw, sh, sw, ph, pw, g) == (1, 1, 1, 1, 0, 0, 1) and cout > 16:  # the Gemm straight on x's rows
+    if family == CONV_1X1:  # the Gemm straight on x's rows
         fused = act if act in GEMM_ACTIVATIONS else None
         gemm = Gemm(lw.device, wt[:, :, 0, 0].t(), bias, residual=res is not None, activation=fused or "none",
                     config=GemmConfig.for_rows(m))
 
-        lw.add(n, "conv 1x1 (gemm)", reads, [out], Launch(lw, gemm.kernel, gemm.global_size(m), gemm.local_size,
+        lw.add(n, CONV_1X1, reads, [out], Launch(lw, gemm.kernel, gemm.global_size(m), gemm.local_size,
                                                           gemm.args(x, out, m, residual=(res, 0))))
         return eltwise(lw, n, UNARY[act], out, out) if act is not None and fused is None else out
 
@@ -262,7 +257,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     launch = Launch(lw, kernel, (g * ppg, -(-m // mr)), None,
                     [out, x, (res, 0), wbuf, bbuf, zbuf, h, w, cin, oh, ow, cout, cg, og, ppg,
                      kh, kw, sh, sw, ph, pw, dh, dw, m])
-    lw.add(n, "conv", reads, [out], launch)
+    lw.add(n, CONV, reads, [out], launch)
     return out
 
 
@@ -276,7 +271,7 @@ def _linear(lw: Lowering, n: fx.Node, lin: nn.Linear, x: Value, act: str | None,
     gemm = Gemm(lw.device, lin.weight.detach().float().t(), lin.bias.detach().float() if lin.bias is not None else None,
                 residual=res is not None, activation=fused or "none")
 
-    lw.add(n, "gemm", [x] + ([res] if res is not None else []), [out],
+    lw.add(n, GEMM, [x] + ([res] if res is not None else []), [out],
            Launch(lw, gemm.kernel, gemm.global_size(rows), gemm.local_size, gemm.args(x, out, rows, residual=(res, 0))))
     if act is not None and fused is None:
         return eltwise(lw, n, UNARY[act], out, out)

@@ -1,0 +1,89 @@
+"""Layer geometry for the cost model: what one conv or linear layer costs to run, in the terms the
+OpenCL runtime's kernels see (``runtime.opencl.decisions`` picks the same kernel family as the
+lowering does). Pure: shapes in, numbers out."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from runtime.opencl.decisions import GEMM, conv_family, conv_padding
+
+from ..errors import InputError
+from ..ops import FusedOp
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One conv (or a linear as a 1x1 conv over ``n`` rows) run by one kernel family."""
+    family: str
+    n: int
+    cin: int
+    cout: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+    kh: int = 1
+    kw: int = 1
+    stride: int = 1
+    groups: int = 1
+
+    @property
+    def macs(self) -> int:
+        return self.n * self.oh * self.ow * self.cout * self.kh * self.kw * (self.cin // self.groups)
+
+    @property
+    def bytes(self) -> int:
+        """float32 bytes the kernel must move at least once: input, output and weight."""
+        weight = self.cout * (self.cin // self.groups) * self.kh * self.kw
+        return 4 * (self.n * self.h * self.w * self.cin + self.n * self.oh * self.ow * self.cout + weight)
+
+    def features(self) -> list[float]:
+        """Regressors of the calibrated correction (see ``model.py``): logs of the sizes that set
+        how well a blocked kernel fills its blocks, and of the work."""
+        m = self.n * self.oh * self.ow
+        return [1.0, math.log(self.macs), math.log(self.bytes), math.log(m), math.log(self.cin // self.groups),
+                math.log(self.cout // self.groups), float(self.kh * self.kw), float(self.stride)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def conv_layer(conv: nn.Conv2d, x_shape: tuple[int, ...]) -> Layer:
+    if len(x_shape) != 4 or x_shape[1] != conv.in_channels:
+        raise InputError(f"a Conv2d({conv.in_channels}, {conv.out_channels}) takes [N, {conv.in_channels}, H, W] "
+                         f"input, got {tuple(x_shape)}")
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv_padding(conv), conv.dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return Layer(conv_family(conv), n, c, conv.out_channels, h, w, oh, ow, kh, kw, max(sh, sw), conv.groups)
+
+
+def linear_layer(lin: nn.Linear, x_shape: tuple[int, ...]) -> Layer:
+    if not x_shape or x_shape[-1] != lin.in_features:
+        raise InputError(f"a Linear({lin.in_features}, {lin.out_features}) takes [..., {lin.in_features}] input, "
+                         f"got {tuple(x_shape)}")
+    return Layer(GEMM, math.prod(x_shape[:-1]), lin.in_features, lin.out_features, 1, 1, 1, 1)
+
+
+def module_layers(m: nn.Module, x_shape: tuple[int, ...]) -> tuple[list[Layer], tuple[int, ...]]:
+    """The layers a conv, linear, FusedOp or Sequential chain of them (what factorize emits) runs,
+    and its output shape. Other modules inside a chain raise InputError naming them."""
+    if isinstance(m, FusedOp):
+        m = m.op
+    if type(m) is nn.Conv2d:
+        layer = conv_layer(m, x_shape)
+        return [layer], (layer.n, layer.cout, layer.oh, layer.ow)
+    if type(m) is nn.Linear:
+        return [linear_layer(m, x_shape)], (*x_shape[:-1], m.out_features)
+    if isinstance(m, nn.Sequential):
+        layers, shape = [], tuple(x_shape)
+        for child in m:
+            more, shape = module_layers(child, shape)
+            layers += more
+        return layers, shape
+    raise InputError(f"the cost model prices Conv2d, Linear, FusedOp and Sequential chains of them, "
+                     f"got {type(m).__name__}")

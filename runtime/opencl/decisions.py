@@ -1,0 +1,31 @@
+"""Which kernel family runs a layer: the lowering's decisions as pure functions, shared by the
+lowering (``ops.py``) and the cost model (``compiler.cost``), so the cost model prices the kernels
+the runtime really launches. No OpenCL here: planning for a device that is not present works too."""
+from __future__ import annotations
+
+from torch import nn
+
+CONV = "conv"            # conv.cl, implicit GEMM
+CONV_1X1 = "conv 1x1 (gemm)"  # gemm.cl on the NHWC rows
+DWCONV = "dwconv"        # dwconv.cl
+GEMM = "gemm"            # gemm.cl, Linear
+FAMILIES = (CONV, CONV_1X1, DWCONV, GEMM)
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """Padding before, with the "valid" / "same" strings resolved (torch puts an odd pixel after)."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
+    return tuple(conv.padding)
+
+
+def conv_family(conv: nn.Conv2d) -> str:
+    """depthwise -> dwconv.cl; 1x1, stride 1, no padding, ungrouped, more than 16 outputs -> the
+    GEMM (measured in ops.py: as fast or faster there, except at 16 outputs); else conv.cl."""
+    cin, cout, g = conv.in_channels, conv.out_channels, conv.groups
+    if g == cin == cout:
+        return DWCONV
+    one = (tuple(conv.kernel_size), tuple(conv.stride), conv_padding(conv), g) == ((1, 1), (1, 1), (0, 0), 1)
+    return CONV_1X1 if one and cout > 16 else CONV

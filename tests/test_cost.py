@@ -1,0 +1,111 @@
+"""The cost model: layer geometry in the runtime's kernel families, the roofline, the calibrated fit,
+and calibration profiles on disk (stale, foreign, missing, malformed)."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import compiler
+from compiler.cost import CostModel, Profile, analytic_ms, conv_layer, kernels_fingerprint, measure_ms, module_layers
+from compiler.cost.layers import Layer
+from compiler.errors import CalibrationError, InputError
+from compiler.ops import FusedOp
+from compiler.target import Target
+
+CPU = Target(name="test cpu", kind="cpu", compute_units=2, clock_mhz=3500, simd_width=16, local_mem_bytes=2**20,
+             global_mem_bytes=2**34, peak_gflops=200.0, bandwidth_gbs=40.0, launch_us=5.0, source="test")
+
+CONVS = [nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.Conv2d(16, 32, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 32, 1, 2),
+         nn.Conv2d(8, 24, 3, 1, 1), nn.Conv2d(8, 24, 5, 2, 2, groups=2)]
+
+
+def test_layer_geometry():
+    layer = conv_layer(nn.Conv2d(64, 128, 3, 2, 1), (8, 64, 56, 56))
+    assert (layer.family, layer.oh, layer.ow) == ("conv", 28, 28)
+    assert layer.macs == 8 * 28 * 28 * 128 * 9 * 64
+    assert layer.bytes == 4 * (8 * 64 * 56 * 56 + 8 * 128 * 28 * 28 + 128 * 64 * 9)
+    chain = nn.Sequential(nn.Conv2d(256, 40, 1), nn.Conv2d(40, 48, 3, 1, 1), FusedOp(nn.Conv2d(48, 256, 1), "relu"))
+    layers, out = module_layers(chain, (8, 256, 14, 14))
+    assert [ly.family for ly in layers] == ["conv 1x1 (gemm)", "conv", "conv 1x1 (gemm)"]
+    assert [(ly.cin, ly.cout) for ly in layers] == [(256, 40), (40, 48), (48, 256)] and out == (8, 256, 14, 14)
+    with pytest.raises(InputError, match=r"prices Conv2d, Linear, FusedOp and Sequential.*got BatchNorm2d"):
+        module_layers(nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)), (1, 3, 4, 4))
+    with pytest.raises(InputError, match=r"Conv2d\(3, 8\) takes \[N, 3, H, W\] input, got \(1, 4, 4, 4\)"):
+        conv_layer(nn.Conv2d(3, 8, 1), (1, 4, 4, 4))
+
+
+def test_families_are_the_runtimes_decisions():
+    """The cost model prices the kernel family the OpenCL lowering really launches."""
+    pytest.importorskip("pyopencl")
+    for conv in CONVS:
+        x = torch.randn(2, conv.in_channels, 9, 9)
+        try:
+            cm = compiler.compile(nn.Sequential(conv).eval(), x, pipeline=["cleanup"], target="opencl")
+        except Exception as e:  # noqa: BLE001 - no OpenCL device here
+            pytest.skip(f"no OpenCL device: {e}")
+        kernels = [s.kernel for s in cm._runner.lowered.steps]
+        assert conv_layer(conv, tuple(x.shape)).family in kernels, (conv, kernels)
+
+
+def test_roofline_is_compute_or_memory_bound():
+    big = conv_layer(nn.Conv2d(256, 256, 3, 1, 1), (8, 256, 14, 14))
+    assert analytic_ms(big, CPU) == pytest.approx(2 * big.macs / 200e6)  # compute-bound
+    dw = conv_layer(nn.Conv2d(256, 256, 3, 1, 1, groups=256), (8, 256, 14, 14))
+    assert analytic_ms(dw, CPU) == pytest.approx(dw.bytes / 40e6)  # memory-bound
+    ranks = [conv_layer(nn.Conv2d(r, r, 3, 1, 1), (8, r, 14, 14)) for r in (16, 32, 64, 128)]
+    times = [analytic_ms(ly, CPU) for ly in ranks]
+    assert times == sorted(times) and times[0] < times[-1]
+
+
+def _synthetic(a: float, b: float) -> list[tuple[Layer, float]]:
+    """Samples whose time is exactly the roofline times exp(a + b * log MACs)."""
+    out = []
+    for cin, cout, hw in [(16, 32, 56), (32, 64, 28), (64, 64, 14), (128, 256, 14), (24, 48, 56), (256, 512, 7),
+                          (48, 96, 28), (96, 96, 14), (200, 100, 7), (12, 300, 28), (40, 80, 56), (320, 64, 7)]:
+        ly = conv_layer(nn.Conv2d(cin, cout, 3, 1, 1), (8, cin, hw, hw))
+        out.append((ly, analytic_ms(ly, CPU) * math.exp(a + b * math.log(ly.macs))))
+    return out
+
+
+def test_calibrated_fit_recovers_a_known_correction():
+    samples = _synthetic(1.5, -0.05)
+    model = CostModel(CPU, Profile(device="test", target=CPU, samples=samples))
+    for ly, ms in samples:
+        assert model.layer_ms(ly) == pytest.approx(ms, rel=1e-2)
+    held_out = conv_layer(nn.Conv2d(80, 160, 3, 1, 1), (8, 80, 28, 28))
+    truth = analytic_ms(held_out, CPU) * math.exp(1.5 - 0.05 * math.log(held_out.macs))
+    assert model.layer_ms(held_out) == pytest.approx(truth, rel=2e-2)
+    assert CostModel(CPU).layer_ms(held_out) == pytest.approx(analytic_ms(held_out, CPU))  # uncalibrated
+    few = CostModel(CPU, Profile(device="test", target=CPU, samples=samples[:3]))  # a constant correction only
+    assert few.fits["conv"][1:].tolist() == [0.0] * (len(few.fits["conv"]) - 1)
+
+
+def test_profile_round_trip_and_typed_errors(tmp_path):
+    prof = Profile(device="dev A", target=CPU, samples=_synthetic(0.5, 0.0))
+    path = prof.save(tmp_path / "p.json")
+    back = Profile.load(path, device="dev A")
+    assert back.samples == prof.samples and back.target == CPU and back.kernels == kernels_fingerprint()
+    with pytest.raises(CalibrationError, match="measured on 'dev A', not on 'dev B'"):
+        Profile.load(path, device="dev B")
+    d = json.loads(path.read_text())
+    d["kernels"] = "0" * 16
+    path.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match="is stale: the OpenCL kernels changed.*recalibrate"):
+        Profile.load(path)
+    assert Profile.load(path, allow_stale=True).kernels == "0" * 16
+    with pytest.raises(CalibrationError, match="no calibration profile at"):
+        Profile.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CalibrationError, match="is malformed"):
+        Profile.load(tmp_path / "bad.json")
+
+
+def test_measure_ms_times_the_layers_kernel():
+    pytest.importorskip("pyopencl")
+    try:
+        layer, ms = measure_ms(nn.Conv2d(32, 64, 3, 1, 1), (2, 32, 14, 14), repeats=2)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no OpenCL device: {e}")
+    assert layer.family == "conv" and 0 < ms < 1000
