@@ -59,6 +59,7 @@ class Profile:
                            "samples": [{"layer": layer.to_dict(), "ms": ms} for layer, ms in self.samples]}, indent=1)
 
     def save(self, path: str | os.PathLike) -> Path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod

@@ -1,0 +1,150 @@
+"""Predicted against measured kernel time on the OpenCL CPU target, for layers the calibration did not see.
+
+Calibration (``compiler.cost.calibrate``): random layers of each kernel family, kernel times from
+OpenCL profiling events, kept as a JSON profile per device (reused; remade with --recalibrate, or
+when the kernels change). Held out, never sampled by the calibration:
+
+  zoo layers   every distinct conv / linear layer of ResNet-18 and MobileNetV2 at 224x224, batch 8
+  ranks        Tucker-2 chains (1x1 -> 3x3 -> 1x1) of ResNet-18's 256->256 3x3 layer at 14x14 and of
+               its 128->128 layer at 28x28, batch 8, at ranks 16 .. 192: the candidates a budget
+               search chooses between. Spearman rho over the ranks of one layer says whether the
+               model orders them as the device does.
+
+For each: the share of predictions within +-10% of the measured time, the median absolute error,
+calibrated and analytic (roofline only), and rho. Measured = least kernel time over repeats.
+
+    .venv/bin/python benchmarks/cost_model.py [--recalibrate] [--per-family N] [--quick] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import markdown_table  # noqa: E402  (also unshadows the runtime package)
+
+from scipy.stats import spearmanr  # noqa: E402
+
+from compiler import zoo  # noqa: E402
+from compiler.cost import CostModel, Profile, analytic_ms, calibrate, default_profile_path, measure_ms  # noqa: E402
+from compiler.errors import CalibrationError  # noqa: E402
+from compiler.fileio import write_text_atomic  # noqa: E402
+from runtime.opencl import open_device  # noqa: E402
+
+RANKS = (16, 24, 32, 48, 64, 96, 128, 192)
+
+
+def zoo_layers(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """Distinct conv and linear layers of ResNet-18 and MobileNetV2 with their input shapes."""
+    tv = zoo.import_torchvision()
+    out, seen = [], set()
+    for arch in ("resnet18", "mobilenet_v2"):
+        model = getattr(tv.models, arch)(weights=None).eval()
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def record(m, inputs, output, name):
+            shapes.setdefault(name, tuple(inputs[0].shape))  # returns None: the output stays
+
+        hooks = [m.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
+                 for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+        with torch.no_grad():
+            model(torch.randn(batch, 3, 224, 224))
+        for h in hooks:
+            h.remove()
+        for name, shape in shapes.items():
+            m = model.get_submodule(name)
+            key = (repr(m), shape)
+            if key not in seen:
+                seen.add(key)
+                out.append((f"{arch}.{name}", m, shape))
+    return out
+
+
+def tucker_chain(c: int, r: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c, r, 1, bias=False), nn.Conv2d(r, r, 3, 1, 1, bias=False), nn.Conv2d(r, c, 1))
+
+
+def errors(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    rel = [abs(p - m) / m for p, m in pairs]
+    return {"within_10pct": sum(r <= 0.10 for r in rel) / len(rel), "median_abs_err": statistics.median(rel)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recalibrate", action="store_true", help="measure a new profile even if one is cached")
+    ap.add_argument("--per-family", type=int, default=30, help="calibration layers per kernel family")
+    ap.add_argument("--quick", action="store_true", help="fewer held-out layers and ranks, 2 repeats")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    device = open_device()
+    path = default_profile_path(device.name)
+    try:
+        if args.recalibrate:
+            raise CalibrationError("recalibration requested")
+        profile = Profile.load(path, device=device.name)
+        print(f"calibration profile: {path} ({len(profile.samples)} layers)", file=sys.stderr)
+    except CalibrationError as e:
+        print(f"calibrating ({e})", file=sys.stderr)
+        profile = calibrate(per_family=args.per_family)
+        profile.save(path)
+        print(f"saved {path}", file=sys.stderr)
+    model = CostModel(profile.target, profile)
+    repeats = 2 if args.quick else 5
+
+    layers = zoo_layers(8)
+    if args.quick:
+        layers = layers[::4]
+    rows, results, cal, ana = [], [], [], []
+    for name, m, shape in layers:
+        layer, ms = measure_ms(m, shape, repeats=repeats)
+        pred, roof = model.layer_ms(layer), analytic_ms(layer, profile.target)
+        cal.append((pred, ms))
+        ana.append((roof, ms))
+        results.append({"layer": name, "family": layer.family, "measured_ms": ms, "predicted_ms": pred, "analytic_ms": roof})
+    by_family = {}
+    for r in results:
+        by_family.setdefault(r["family"], []).append((r["predicted_ms"], r["measured_ms"]))
+    for fam, pairs in sorted(by_family.items()):
+        e = errors(pairs)
+        rows.append([f"zoo layers: {fam}", str(len(pairs)), f"{100 * e['within_10pct']:.0f}%", f"{100 * e['median_abs_err']:.1f}%", "", ""])
+    e, ea = errors(cal), errors(ana)
+    rows.append(["zoo layers: all", str(len(cal)), f"{100 * e['within_10pct']:.0f}%", f"{100 * e['median_abs_err']:.1f}%",
+                 f"{100 * ea['within_10pct']:.0f}% / {100 * ea['median_abs_err']:.1f}%", ""])
+
+    rank_results = []
+    for c, hw in ((256, 14), (128, 28)):
+        ranks = [r for r in RANKS if r < c][:: 2 if args.quick else 1]
+        pred, meas = [], []
+        for r in ranks:
+            chain = tucker_chain(c, r).eval()
+            total, predicted = 0.0, 0.0
+            shape = (8, c, hw, hw)
+            for conv in chain:
+                layer, ms = measure_ms(conv, shape, repeats=repeats)
+                total += ms
+                predicted += model.layer_ms(layer)
+                shape = (8, conv.out_channels, hw, hw)
+            pred.append(predicted)
+            meas.append(total)
+        rho = spearmanr(pred, meas).statistic
+        e = errors(list(zip(pred, meas)))
+        rank_results.append({"layer": f"tucker2 {c}->{c} 3x3 @{hw}", "ranks": ranks, "predicted_ms": pred,
+                             "measured_ms": meas, "spearman": rho})
+        rows.append([f"tucker2 ranks, {c}ch @{hw}", str(len(ranks)), f"{100 * e['within_10pct']:.0f}%",
+                     f"{100 * e['median_abs_err']:.1f}%", "", f"{rho:.2f}"])
+    print(markdown_table(["held out (batch 8)", "n", "within +-10%", "median abs err", "analytic: within / err",
+                          "Spearman rho"], rows))
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"profile": str(path), "layers": results, "ranks": rank_results},
+                                                indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
