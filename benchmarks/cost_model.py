@@ -10,8 +10,12 @@ when the kernels change). Held out, never sampled by the calibration:
                search chooses between. Spearman rho over the ranks of one layer says whether the
                model orders them as the device does.
 
+  models       ResNet-18 and MobileNetV2, original, pruned (0.3) and Tucker-2 factorized (0.5), at
+               224x224 batch 8 and batch 1: the whole compiled model's wall time (median of blocks),
+               against ``compiler.cost.predict_compiled`` over the runtime's real launch list.
+
 For each: the share of predictions within +-10% of the measured time, the median absolute error,
-calibrated and analytic (roofline only), and rho. Measured = least kernel time over repeats.
+calibrated and analytic (roofline only), and rho. Layers: measured = least kernel time over repeats.
 
     .venv/bin/python benchmarks/cost_model.py [--recalibrate] [--per-family N] [--quick] [--json out.json]
 """
@@ -27,17 +31,22 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import markdown_table  # noqa: E402  (also unshadows the runtime package)
+from _timing import blocked_median_ms, markdown_table  # noqa: E402  (also unshadows the runtime package)
 
 from scipy.stats import spearmanr  # noqa: E402
 
+import compiler  # noqa: E402
 from compiler import zoo  # noqa: E402
-from compiler.cost import CostModel, Profile, analytic_ms, calibrate, default_profile_path, measure_ms  # noqa: E402
+from compiler.cost import (CostModel, Profile, analytic_ms, calibrate, default_profile_path, measure_ms,  # noqa: E402
+                           predict_compiled)
 from compiler.errors import CalibrationError  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from runtime.opencl import open_device  # noqa: E402
 
 RANKS = (16, 24, 32, 48, 64, 96, 128, 192)
+VARIANTS = {"": "default",
+            " pruned 0.3": ["cleanup", "fold_bn", {"name": "prune_channels", "ratio": 0.3}, "fuse"],
+            " tucker2 0.5": ["cleanup", "fold_bn", {"name": "factorize", "method": "tucker2", "rank": 0.5}, "fuse"]}
 
 
 def zoo_layers(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
@@ -139,10 +148,29 @@ def main() -> None:
                              "measured_ms": meas, "spearman": rho})
         rows.append([f"tucker2 ranks, {c}ch @{hw}", str(len(ranks)), f"{100 * e['within_10pct']:.0f}%",
                      f"{100 * e['median_abs_err']:.1f}%", "", f"{rho:.2f}"])
-    print(markdown_table(["held out (batch 8)", "n", "within +-10%", "median abs err", "analytic: within / err",
+    model_results, pairs = [], []
+    tv = zoo.import_torchvision()
+    for arch in ("resnet18", "mobilenet_v2"):
+        net = zoo.randomize(getattr(tv.models, arch)(weights=None)).eval()
+        for suffix, pipeline in VARIANTS.items():
+            for batch in ((8,) if args.quick else (8, 1)):
+                x = torch.randn(batch, 3, 224, 224)
+                cm = compiler.compile(net, x, pipeline=pipeline, target="opencl")
+                measured = blocked_median_ms({"opencl": lambda: cm(x)}, rounds=3, per_block=repeats,
+                                             settle_s=0.1)["opencl"]
+                predicted = predict_compiled(cm, model).total_ms
+                pairs.append((predicted, measured))
+                model_results.append({"model": arch + suffix, "batch": batch, "measured_ms": measured,
+                                      "predicted_ms": predicted})
+                print(f"{arch}{suffix} b{batch}: measured {measured:.1f} ms, predicted {predicted:.1f}", file=sys.stderr)
+    e = errors(pairs)
+    rows.append(["whole models", str(len(pairs)), f"{100 * e['within_10pct']:.0f}%", f"{100 * e['median_abs_err']:.1f}%",
+                 "", ""])
+    print(markdown_table(["held out", "n", "within +-10%", "median abs err", "analytic: within / err",
                           "Spearman rho"], rows))
     if args.json:
-        write_text_atomic(args.json, json.dumps({"profile": str(path), "layers": results, "ranks": rank_results},
+        write_text_atomic(args.json, json.dumps({"profile": str(path), "layers": results, "ranks": rank_results,
+                                                 "models": model_results},
                                                 indent=2) + "\n")
 
 

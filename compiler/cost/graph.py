@@ -1,0 +1,72 @@
+"""Whole-model prediction, fusion-aware: price the kernel launches the OpenCL runtime's lowering
+really made for a compiled model (its step list), not the graph's ops. Compute steps are priced by
+the calibrated layer model; the others (layout copies, elementwise, pooling, softmax) move their
+operands once at the target's bandwidth; every launch adds the target's launch cost; the input's
+upload and the output's download are copies too."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.fx as fx
+
+from runtime.opencl.decisions import FAMILIES
+
+from .. import meta
+from .layers import Layer, module_layers
+from .model import CostModel
+
+
+@dataclass
+class Prediction:
+    total_ms: float
+    steps: list[tuple[str, str, float]] = field(default_factory=list)  # (node, kernel family, ms)
+
+    def by_family(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for _, family, ms in self.steps:
+            out[family] = out.get(family, 0.0) + ms
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _layers_of(gm: fx.GraphModule, n: fx.Node) -> list[Layer]:
+    if n.op != "call_module" or not n.args or not isinstance(n.args[0], fx.Node):
+        return []
+    try:
+        return module_layers(gm.get_submodule(n.target), meta.shape(n.args[0]))[0]
+    except Exception:  # noqa: BLE001 - not a priced module: its steps are costed by bytes
+        return []
+
+
+def predict_compiled(cm, model: CostModel) -> Prediction:
+    """Predicted latency of ``cm``, a model compiled with ``target="opencl"``."""
+    runner = getattr(cm, "_runner", None)
+    if runner is None or not hasattr(runner, "lowered"):
+        raise TypeError(f"predict_compiled needs a model compiled for target 'opencl', got target {cm.target!r}")
+    gm, t = cm.graph_module, model.target
+    nodes = {n.name: n for n in gm.graph.nodes}
+    pending: dict[str, list[Layer]] = {}
+    pred = Prediction(0.0)
+    for step in runner.lowered.steps:
+        ms = None
+        if step.kernel in FAMILIES:
+            if step.node not in pending:
+                pending[step.node] = _layers_of(gm, nodes[step.node])
+            queue = pending[step.node]
+            if queue and queue[0].family == step.kernel:
+                ms = model.layer_ms(queue.pop(0))
+        if ms is None:
+            moved = sum(v.numel for v in (*step.reads, *step.writes))
+            ms = 4 * moved / (t.bandwidth_gbs * 1e6)
+        ms += t.launch_us * 1e-3
+        pred.steps.append((step.node, step.kernel, ms))
+    io = sum(v.numel for v in runner.lowered.inputs)
+    io += sum(v.numel for v in _leaves(runner.lowered.outputs))
+    pred.steps.append(("input/output", "copies", 4 * io / (t.bandwidth_gbs * 1e6)))
+    pred.total_ms = sum(ms for *_, ms in pred.steps)
+    return pred
+
+
+def _leaves(x) -> list:
+    if isinstance(x, (list, tuple)):
+        return [y for v in x for y in _leaves(v)]
+    return [x] if hasattr(x, "numel") else []
