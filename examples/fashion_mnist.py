@@ -2,7 +2,7 @@
 
     from fashion_mnist import small_cnn, resnet, train, evaluate   # with examples/ on sys.path
 
-``small_cnn()``: three conv-BN-ReLU blocks and a linear head, about 36k parameters; about 91% test
+``small_cnn()``: three conv-BN-ReLU blocks and a linear head, about 62k parameters; about 91.6% test
 accuracy after 3 epochs of AdamW. ``resnet(depth)``: He et al.'s CIFAR ResNet (6n+2 layers, widths
 16/32/64, identity shortcuts with 1x1 projections where the shape changes); ``depth=8`` or ``20``.
 The factories return untrained models; ``examples/finetune_fashion_mnist.py`` trains and compresses one.
@@ -25,12 +25,16 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 
 def small_cnn(num_classes: int = 10) -> nn.Sequential:
-    """28x28 -> 32@14x14 -> 44@7x7 -> 48@3x3 -> linear; about 36k parameters."""
+    """28x28 -> 32@14x14 -> 64@7x7 -> 64@3x3 -> linear; about 62k parameters.
+
+    Wide enough to lose 4x of its parameters to compression and win most of the accuracy back in 3
+    epochs of distillation; the 36k-parameter 32/44/48 version it replaces lost 1.4 points at 3.5x.
+    """
     return nn.Sequential(
         *_conv_bn_relu(1, 32), nn.MaxPool2d(2),
-        *_conv_bn_relu(32, 44), nn.MaxPool2d(2),
-        *_conv_bn_relu(44, 48), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(48 * 3 * 3, num_classes),
+        *_conv_bn_relu(32, 64), nn.MaxPool2d(2),
+        *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 3 * 3, num_classes),
     )
 
 
