@@ -109,3 +109,26 @@ def test_measure_ms_times_the_layers_kernel():
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"no OpenCL device: {e}")
     assert layer.family == "conv" and 0 < ms < 1000
+
+
+def test_predict_compiled_prices_every_launch():
+    from compiler.cost import predict_compiled
+
+    pytest.importorskip("pyopencl")
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10)).eval()
+    x = torch.randn(2, 8, 8, 8)
+    try:
+        cm = compiler.compile(net, x, target="opencl")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no OpenCL device: {e}")
+    model = CostModel(CPU)
+    pred = predict_compiled(cm, model)
+    steps = cm._runner.lowered.steps
+    assert [(n, k) for n, k, _ in pred.steps[:-1]] == [(s.node, s.kernel) for s in steps]
+    assert {"conv", "dwconv", "gemm", "maxpool"} <= set(pred.by_family())
+    conv = next(ms for _, k, ms in pred.steps if k == "conv")
+    assert conv == pytest.approx(analytic_ms(conv_layer(net[0], (2, 8, 8, 8)), CPU) + CPU.launch_us * 1e-3)
+    assert pred.total_ms == pytest.approx(sum(ms for *_, ms in pred.steps))
+    with pytest.raises(TypeError, match="compiled for target 'opencl', got target 'torch'"):
+        predict_compiled(compiler.compile(net, x), model)
