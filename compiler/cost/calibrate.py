@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from runtime.opencl.decisions import CONV_1X1, DWCONV, FAMILIES, GEMM
+from .families import CONV_1X1, DWCONV, FAMILIES, GEMM
 
 from ..errors import InputError, choices
 from .layers import Layer, conv_layer, linear_layer

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from runtime.opencl.decisions import FAMILIES
-
 from .. import meta
+from .families import FAMILIES
 from .layers import Layer, module_layers
 from .model import CostModel
 

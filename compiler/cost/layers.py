@@ -1,5 +1,5 @@
 """Layer geometry for the cost model: what one conv or linear layer costs to run, in the terms the
-OpenCL runtime's kernels see (``runtime.opencl.decisions`` picks the same kernel family as the
+OpenCL runtime's kernels see (``families.py`` picks the same kernel family as the
 lowering does). Pure: shapes in, numbers out."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from runtime.opencl.decisions import GEMM, conv_family, conv_padding
+from .families import GEMM, conv_family, conv_padding
 
 from ..errors import InputError
 from ..ops import FusedOp

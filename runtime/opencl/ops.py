@@ -15,7 +15,7 @@ from torch import nn
 from compiler import meta
 from compiler.ops import FusedOp
 
-from .decisions import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_padding
+from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_padding
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
 from .lower import NHWC, Lowering, Value

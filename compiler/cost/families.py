@@ -1,6 +1,7 @@
 """Which kernel family runs a layer: the lowering's decisions as pure functions, shared by the
-lowering (``ops.py``) and the cost model (``compiler.cost``), so the cost model prices the kernels
-the runtime really launches. No OpenCL here: planning for a device that is not present works too."""
+OpenCL lowering (``runtime/opencl/ops.py``) and the cost model, so the cost model prices the kernels
+the runtime really launches. Here, not in the runtime, because imports go from runtime/ to compiler/;
+and no OpenCL here: planning for a device that is not present works too."""
 from __future__ import annotations
 
 from torch import nn
