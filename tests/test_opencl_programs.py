@@ -133,3 +133,13 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 def test_kernel_sources_are_package_data():
     assert "__kernel void gemm" in programs.kernel_source("gemm.cl")
+
+
+def test_kernel_source_expands_shared_headers():
+    """The cache keys on the expanded text, so editing vec.h rebuilds dwconv and pool programs."""
+    from runtime.opencl.programs import kernel_source
+
+    for name in ("dwconv.cl", "pool.cl"):
+        text = kernel_source(name)
+        assert '#include "vec.h"' not in text and text.count("inline VEC load_lanes") == 1
+        assert kernel_source("vec.h") in text

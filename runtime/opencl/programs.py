@@ -57,8 +57,12 @@ def cache_dir() -> Path:
 
 
 def kernel_source(name: str) -> str:
-    """The text of ``runtime/opencl/kernels/<name>`` (installed as package data)."""
-    return resources.files(__package__).joinpath("kernels", name).read_text()
+    """The text of ``runtime/opencl/kernels/<name>`` (installed as package data), with each line
+    ``#include "<file>"`` replaced by that file's text from the same folder: the program cache keys
+    on the expanded source, so a change to a shared header rebuilds the programs that include it
+    (an OpenCL ``-I`` include would not)."""
+    text = resources.files(__package__).joinpath("kernels", name).read_text()
+    return re.sub(r'^#include "([\w.]+)"$', lambda m: kernel_source(m.group(1)), text, flags=re.MULTILINE)
 
 
 def cache_key(device: Device, source: str, options: Sequence[str]) -> str:

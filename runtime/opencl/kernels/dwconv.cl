@@ -29,31 +29,8 @@
 #ifndef ACT
 #define ACT(x) (x)
 #endif
-#if VC == 16
-#define VEC float16
-#define VLOAD vload16
-#define VSTORE vstore16
-#elif VC == 8
-#define VEC float8
-#define VLOAD vload8
-#define VSTORE vstore8
-#elif VC == 4
-#define VEC float4
-#define VLOAD vload4
-#define VSTORE vstore4
-#else
-#error "VC must be 4, 8 or 16"
-#endif
+#include "vec.h"
 #define NCOL ((PX - 1) * SW + (KW - 1) * DW + 1)  // input columns that one kernel row of the PX windows spans
-
-// The nc valid lanes at p (nc < VC only in the last channel block), zero in the others.
-inline VEC load_lanes(const __global float* p, const int nc)
-{
-    if (nc >= VC) return VLOAD(0, p);
-    float t[VC];
-    for (int j = 0; j < VC; ++j) t[j] = j < nc ? p[j] : 0.0f;
-    return VLOAD(0, t);
-}
 
 __kernel void dwconv(__global float* restrict out, const int out_off,
                      __global const float* restrict x, const int x_off,
@@ -107,14 +84,7 @@ __kernel void dwconv(__global float* restrict out, const int out_off,
 #ifdef HAS_RESIDUAL
             y += load_lanes(r + p * C, nc);
 #endif
-            y = ACT(y);
-            if (nc == VC) {
-                VSTORE(y, 0, o + p * C);
-            } else {
-                float t[VC];
-                VSTORE(y, 0, t);
-                for (int j = 0; j < nc; ++j) o[p * C + j] = t[j];
-            }
+            store_lanes(ACT(y), o + p * C, nc);
         }
     }
 }

@@ -67,35 +67,15 @@ __kernel void pool(__global float *out, int out_off, __global const float *x, in
 //   PoCL: ResNet-18's 3x3/2 max pool at batch 8 (64 channels, 112x112) took 21 ms there; this kernel
 //   is memory-bound (see benchmarks/runtime.py's per-kernel breakdown).
 #ifdef VC
-#if VC == 16
-#define PVEC float16
-#define PLOAD vload16
-#define PSTORE vstore16
-#elif VC == 8
-#define PVEC float8
-#define PLOAD vload8
-#define PSTORE vstore8
-#else
-#define PVEC float4
-#define PLOAD vload4
-#define PSTORE vstore4
-#endif
+#include "vec.h"
 #define PNCOL ((PX - 1) * SW + KW)
 #ifdef MAX
-#define PINIT (PVEC)(-INFINITY)
+#define PINIT (VEC)(-INFINITY)
 #define PACC(a, v) fmax(a, v)
 #else
-#define PINIT (PVEC)(0.0f)
+#define PINIT (VEC)(0.0f)
 #define PACC(a, v) ((a) + (v))
 #endif
-
-inline PVEC pool_lanes(const __global float* p, const int nc)
-{
-    if (nc >= VC) return PLOAD(0, p);
-    float t[VC];
-    for (int j = 0; j < VC; ++j) t[j] = j < nc ? p[j] : 0.0f;
-    return PLOAD(0, t);
-}
 
 __kernel void pool_vec(__global float* restrict out, const int out_off, __global const float* restrict x,
                        const int x_off, const int H, const int W, const int C, const int OH, const int OW,
@@ -107,7 +87,7 @@ __kernel void pool_vec(__global float* restrict out, const int out_off, __global
     if (c0 >= C || ow0 >= OW || row >= rows) return;
     const int nc = min(VC, C - c0);
     const int oh = row % OH, n = row / OH;
-    PVEC acc[PX];
+    VEC acc[PX];
     #pragma unroll
     for (int p = 0; p < PX; ++p) acc[p] = PINIT;
     const int iw0 = ow0 * SW - PW;
@@ -117,11 +97,11 @@ __kernel void pool_vec(__global float* restrict out, const int out_off, __global
         const int ih = h0 + kh;
         if ((uint)ih < (uint)H) {
             const __global float* xr = x + x_off + ((size_t)(n * H + ih) * W) * C + c0;
-            PVEC col[PNCOL];
+            VEC col[PNCOL];
             #pragma unroll
             for (int j = 0; j < PNCOL; ++j) {
                 const int iw = iw0 + j;
-                col[j] = (uint)iw < (uint)W ? pool_lanes(xr + (size_t)iw * C, nc) : PINIT;
+                col[j] = (uint)iw < (uint)W ? load_lanes(xr + (size_t)iw * C, nc) : PINIT;
             }
             #pragma unroll
             for (int kw = 0; kw < KW; ++kw) {
@@ -134,7 +114,7 @@ __kernel void pool_vec(__global float* restrict out, const int out_off, __global
     #pragma unroll
     for (int p = 0; p < PX; ++p) {
         if (ow0 + p < OW) {
-            PVEC y = acc[p];
+            VEC y = acc[p];
 #ifndef MAX
             const int w0 = iw0 + p * SW;
             int hh1 = min(h0 + KH, H + PH), ww1 = min(w0 + KW, W + PW);
@@ -143,13 +123,7 @@ __kernel void pool_vec(__global float* restrict out, const int out_off, __global
                 size = (min(hh1, H) - max(h0, 0)) * (min(ww1, W) - max(w0, 0));
             y /= (float)size;
 #endif
-            if (nc == VC) {
-                PSTORE(y, 0, o + p * C);
-            } else {
-                float t[VC];
-                PSTORE(y, 0, t);
-                for (int j = 0; j < nc; ++j) o[p * C + j] = t[j];
-            }
+            store_lanes(y, o + p * C, nc);
         }
     }
 }
