@@ -22,7 +22,8 @@
    and keep spinning after a call (``_timing.blocked_median_ms``). Medians over the rounds.
 
 Writes ``results.json``, ``pareto.png`` (accuracy against measured latency and against params) and
-``table.md`` into ``--out``, all atomically; prints the table. ``--quick`` is a smoke run: a 3,000
+``table.md`` into ``--out``, all atomically (``accuracy.json`` first, before the timing); prints the
+table. ``--quick`` is a smoke run: a 3,000
 image subset, 1 epoch everywhere, fewer points and repeats.
 """
 from __future__ import annotations
@@ -349,6 +350,8 @@ def main() -> None:
             graphs.append(gm)
             print(f"  {p.label}: {r['params']:,} params, acc {r['acc_before']:.4f} -> KD {r.get('acc_kd', '-')}"
                   f" / plain {r.get('acc_plain', '-')} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    if args.out:  # the accuracy results survive a failure while timing
+        write_text_atomic(args.out / "accuracy.json", json.dumps({"references": refs, "points": points}, indent=2) + "\n")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         for r, lat in zip(points, latencies(graphs, s, Path(d))):
