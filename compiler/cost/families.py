@@ -22,11 +22,18 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
     return tuple(conv.padding)
 
 
+def conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, padding before, dilation) as (rows, cols) pairs; padding strings resolved.
+    Padding after is implied by the output size, so "same" with an even kernel works too."""
+    return tuple(conv.kernel_size), tuple(conv.stride), conv_padding(conv), tuple(conv.dilation)
+
+
 def conv_family(conv: nn.Conv2d) -> str:
     """depthwise -> dwconv.cl; 1x1, stride 1, no padding, ungrouped, more than 16 outputs -> the
     GEMM (measured in ops.py: as fast or faster there, except at 16 outputs); else conv.cl."""
     cin, cout, g = conv.in_channels, conv.out_channels, conv.groups
     if g == cin == cout:
         return DWCONV
-    one = (tuple(conv.kernel_size), tuple(conv.stride), conv_padding(conv), g) == ((1, 1), (1, 1), (0, 0), 1)
+    (k, s, p, _) = conv_geometry(conv)
+    one = (k, s, p, g) == ((1, 1), (1, 1), (0, 0), 1)
     return CONV_1X1 if one and cout > 16 else CONV

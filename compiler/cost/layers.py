@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .families import GEMM, conv_family, conv_padding
+from .families import GEMM, conv_family, conv_geometry
 
 from ..errors import InputError
 from ..ops import FusedOp
@@ -56,7 +56,7 @@ def conv_layer(conv: nn.Conv2d, x_shape: tuple[int, ...]) -> Layer:
         raise InputError(f"a Conv2d({conv.in_channels}, {conv.out_channels}) takes [N, {conv.in_channels}, H, W] "
                          f"input, got {tuple(x_shape)}")
     n, c, h, w = x_shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv_padding(conv), conv.dilation
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(conv)
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     return Layer(conv_family(conv), n, c, conv.out_channels, h, w, oh, ow, kh, kw, max(sh, sw), conv.groups)

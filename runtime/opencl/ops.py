@@ -15,7 +15,7 @@ from torch import nn
 from compiler import meta
 from compiler.ops import FusedOp
 
-from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_padding
+from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_geometry
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
 from .lower import NHWC, Lowering, Value
@@ -186,10 +186,13 @@ class Launch:
         return a
 
 
-def _conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
-    """(kernel, stride, padding before, dilation) as (rows, cols) pairs; padding strings resolved.
-    Padding after is implied by the output size, so "same" with an even kernel works too."""
-    return tuple(conv.kernel_size), tuple(conv.stride), conv_padding(conv), tuple(conv.dilation)
+def _channel_blocks(c: int, ow: int) -> tuple[int, int]:
+    """(VC, PX) for the kernels that compute VC channels x PX output pixels per work-item (dwconv.cl,
+    pool.cl's pool_vec): the vector width that pads C least, then the widest; the pixel block that
+    pads OW least, then the largest."""
+    vc = min((16, 8, 4), key=lambda v: (-(-c // v) * v, -v))
+    px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
+    return vc, px
 
 
 def _pack_conv_weight(wt: torch.Tensor, bias: torch.Tensor, groups: int, nr: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -212,7 +215,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     nb, cin, h, w = x.shape
     oh, ow = meta.shape(n)[2:]
     cout, g = conv.out_channels, conv.groups
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _conv_geometry(conv)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(conv)
     out = lw.new((nb, cout, oh, ow), NHWC)
     wt = conv.weight.detach().float()
     bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(cout)
@@ -224,9 +227,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
 
     family = conv_family(conv)
     if family == DWCONV:
-        # Vector width: the least padding past C, then the widest; PX: the least padding past OW.
-        vc = min((16, 8, 4), key=lambda v: (-(-cin // v) * v, -v))
-        px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
+        vc, px = _channel_blocks(cin, ow)
         cp = -(-cin // vc) * vc
         geometry = dict(VC=vc, PX=px, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw)
         kernel = _kernel(lw, "dwconv.cl", "dwconv", [f"-D{k}={v}" for k, v in geometry.items()] + epilogue)
@@ -242,7 +243,6 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
         fused = act if act in GEMM_ACTIVATIONS else None
         gemm = Gemm(lw.device, wt[:, :, 0, 0].t(), bias, residual=res is not None, activation=fused or "none",
                     config=GemmConfig.for_rows(m))
-
         lw.add(n, CONV_1X1, reads, [out], Launch(lw, gemm.kernel, gemm.global_size(m), gemm.local_size,
                                                           gemm.args(x, out, m, residual=(res, 0))))
         return eltwise(lw, n, UNARY[act], out, out) if act is not None and fused is None else out
@@ -301,8 +301,7 @@ def pool(lw: Lowering, n: fx.Node, x: Value, kind: str, *, kernel=(1, 1), stride
         launch = Launch(lw, k, (_round(total),), (LOCAL,),
                         [out, x, h, w, c, oh, ow, *kernel, *stride, *padding, 1, int(count_pad), total])
     else:  # vectorised like the depthwise conv: channel vectors x PX pixels per work-item
-        vc = min((16, 8, 4), key=lambda v: (-(-c // v) * v, -v))
-        px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
+        vc, px = _channel_blocks(c, ow)
         geometry = dict(VC=vc, PX=px, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1])
         k = _kernel(lw, "pool.cl", "pool_vec", [f"-D{k}={v}" for k, v in geometry.items()] + kind_opt)
         launch = Launch(lw, k, (-(-c // vc), -(-ow // px), nb * oh), None,
