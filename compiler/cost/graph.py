@@ -59,13 +59,8 @@ def predict_compiled(cm, model: CostModel) -> Prediction:
         ms += t.launch_us * 1e-3
         pred.steps.append((step.node, step.kernel, ms))
     io = sum(v.numel for v in runner.lowered.inputs)
-    io += sum(v.numel for v in _leaves(runner.lowered.outputs))
+    io += sum(v.numel for v in runner.lowered.output_values)
     pred.steps.append(("input/output", "copies", 4 * io / (t.bandwidth_gbs * 1e6)))
     pred.total_ms = sum(ms for *_, ms in pred.steps)
     return pred
 
-
-def _leaves(x) -> list:
-    if isinstance(x, (list, tuple)):
-        return [y for v in x for y in _leaves(v)]
-    return [x] if hasattr(x, "numel") else []

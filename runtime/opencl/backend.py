@@ -16,7 +16,7 @@ from compiler.errors import InputError
 from compiler.report import CompileReport
 
 from .device import open_device
-from .lower import Lowered, Lowering, Value, download, fold_constants, upload
+from .lower import Lowered, Lowering, Value, download, fold_constants, leaves, upload
 from .memory import Interval, plan_arena
 
 
@@ -42,12 +42,6 @@ def _storages(vs) -> set[int]:
     return {v.storage for v in vs if isinstance(v, Value)}
 
 
-def _leaves(x) -> list:
-    if isinstance(x, (list, tuple)):
-        return [y for e in x for y in _leaves(e)]
-    return [x]
-
-
 class Runner:
     """Runs a lowered graph; called like the model."""
 
@@ -63,7 +57,7 @@ class Runner:
                 last[st] = max(last.get(st, -1), i)
         for st in _storages(lowered.inputs):
             first[st] = -1
-        for st in _storages(_leaves(lowered.outputs)):
+        for st in _storages(lowered.output_values):
             last[st] = len(steps)
         intervals = [Interval(st, size, first.get(st, -1), last.get(st, first.get(st, -1)))
                      for st, size in lowered.storage_sizes.items() if size]
@@ -105,7 +99,7 @@ class Runner:
             t0 = time.perf_counter()
             events = step.enqueue(q, self.arena, self.offsets)
             q.finish()
-            events = [e for e in _leaves(events) if e is not None and hasattr(e, "profile")]
+            events = [e for e in leaves(events) if e is not None and hasattr(e, "profile")]
             ms = (sum(e.profile.end - e.profile.start for e in events) / 1e6 if events and not step.fallback
                   else (time.perf_counter() - t0) * 1e3)
             times[step.kernel] = times.get(step.kernel, 0.0) + ms

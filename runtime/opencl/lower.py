@@ -87,6 +87,10 @@ class Lowered:
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (node, op)
     buffers: dict[int, cl.Buffer] = field(default_factory=dict)  # storage id -> own buffer (weights, constants)
 
+    @property
+    def output_values(self) -> list[Value]:
+        return [v for v in leaves(self.outputs) if isinstance(v, Value)]
+
 
 class Lowering:
     """Walks the graph once; ``ops.py`` handlers call ``new``, ``alias``, ``add`` and ``copy``."""
@@ -189,7 +193,7 @@ class Lowering:
             out = self.new(meta.shape(n), tuple(range(len(meta.shape(n)))))
         else:
             out = tuple(self.new(s, tuple(range(len(s)))) if isinstance(s, TensorShape) else s for s in structure)
-        reads = [v for v in _leaves(self.arg(list(n.args)) + [self.arg(list(n.kwargs.values()))]) if isinstance(v, Value)]
+        reads = [v for v in leaves(self.arg(list(n.args)) + [self.arg(list(n.kwargs.values()))]) if isinstance(v, Value)]
         gm, lowering = self.gm, self
 
         def enqueue(queue, arena, offsets):
@@ -211,18 +215,19 @@ class Lowering:
                     y = getattr(args[0], n.target)(*args[1:], **kwargs)
                 else:
                     y = n.target(*args, **kwargs)
-            for v, t in zip(_leaves(out), _leaves(y)):
+            for v, t in zip(leaves(out), leaves(y)):
                 if isinstance(v, Value):
                     upload(queue, arena, offsets, v, t)
 
-        writes = [v for v in _leaves(out) if isinstance(v, Value)]
+        writes = [v for v in leaves(out) if isinstance(v, Value)]
         self.out.steps.append(Step(n.name, "torch fallback", reads, writes, enqueue, fallback=True))
         return out
 
 
-def _leaves(x) -> list:
+def leaves(x) -> list:
+    """The non-list, non-tuple items of a nested structure, in order."""
     if isinstance(x, (list, tuple)):
-        return [y for e in x for y in _leaves(e)]
+        return [y for e in x for y in leaves(e)]
     return [x]
 
 
