@@ -5,7 +5,7 @@ operands once at the target's bandwidth; every launch adds the target's launch c
 upload and the output's download are copies too."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch.fx as fx
 
@@ -43,14 +43,17 @@ def predict_compiled(cm, model: CostModel) -> Prediction:
         raise TypeError(f"predict_compiled needs a model compiled for target 'opencl', got target {cm.target!r}")
     gm, t = cm.graph_module, model.target
     nodes = {n.name: n for n in gm.graph.nodes}
-    pending: dict[str, list[Layer]] = {}
+    pending: dict[tuple[str, int | None], list[Layer]] = {}
+    tiles = (runner.lowered.tiling or {}).get("tiles", 1)
     pred = Prediction(0.0)
     for step in runner.lowered.steps:
         ms = None
         if step.kernel in FAMILIES:
-            if step.node not in pending:
-                pending[step.node] = _layers_of(gm, nodes[step.node])
-            queue = pending[step.node]
+            key = (step.node, getattr(step, "tile", None))  # a tiled head's step computes one tile's share
+            if key not in pending:
+                layers = _layers_of(gm, nodes[step.node])
+                pending[key] = [replace(x, n=x.n // tiles) for x in layers] if key[1] is not None else layers
+            queue = pending[key]
             if queue and queue[0].family == step.kernel:
                 ms = model.layer_ms(queue.pop(0))
         if ms is None:

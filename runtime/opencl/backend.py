@@ -18,22 +18,31 @@ from compiler.report import CompileReport
 from .device import open_device
 from .lower import Lowered, Lowering, Value, download, fold_constants, leaves, upload
 from .memory import Interval, plan_arena
+from .tiling import CACHE_BYTES, lower_tiled
 
 
 class OpenCLBackend:
     name = "opencl"
 
-    def __init__(self, device: str | None = None, *, strict: bool = False, profile: bool = False):
-        self.selector, self.strict, self.profile = device, strict, profile
+    def __init__(self, device: str | None = None, *, strict: bool = False, profile: bool = False,
+                 tile_bytes: int | None = CACHE_BYTES):
+        """``tile_bytes``: run the prefix of the graph whose activations exceed this many bytes one batch
+        element at a time (``tiling.py``); None never tiles."""
+        self.selector, self.strict, self.profile, self.tile_bytes = device, strict, profile, tile_bytes
 
     def prepare(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], report: CompileReport):
         t0 = time.perf_counter()
         device = open_device(self.selector)
-        lowered = Lowering(gm, device, fold_constants(gm, example_inputs), strict=self.strict).run(example_inputs)
+        lowered = None
+        if self.tile_bytes is not None:
+            lowered = lower_tiled(gm, device, example_inputs, strict=self.strict, cache_bytes=self.tile_bytes)
+        if lowered is None:
+            lowered = Lowering(gm, device, fold_constants(gm, example_inputs), strict=self.strict).run(example_inputs)
         runner = Runner(device, lowered, example_inputs, profile=self.profile)
         report.backend = {
             "device": device.name, "steps": len(lowered.steps), "fallbacks": [f"{n} ({op})" for n, op in lowered.fallbacks],
             "peak_device_bytes": runner.arena_bytes, "lowering_s": round(time.perf_counter() - t0, 3),
+            "batch_tiling": lowered.tiling,
         }
         return runner
 
@@ -50,6 +59,7 @@ class Runner:
         self.shapes = [tuple(t.shape) for t in example_inputs]
         steps, first, last = lowered.steps, {}, {}
         for i, s in enumerate(steps):
+            i = s.phase if s.phase is not None else i  # repeated steps (batch tiles) share their place in the plan
             for st in _storages(s.writes):
                 first.setdefault(st, i)
                 last[st] = max(last.get(st, i), i)

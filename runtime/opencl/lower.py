@@ -76,6 +76,8 @@ class Step:
     writes: list[Value]
     enqueue: Enqueue  # (queue, arena, storage offsets) -> event or None
     fallback: bool = False
+    phase: int | None = None  # position for the memory plan when steps repeat (batch tiles); None: its index
+    tile: int | None = None  # the batch tile a step of a tiled head computes (Lowered.tiling); None: the whole batch
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Lowered:
     storage_sizes: dict[int, int] = field(default_factory=dict)  # storage id -> elements
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (node, op)
     buffers: dict[int, cl.Buffer] = field(default_factory=dict)  # storage id -> own buffer (weights, constants)
+    tiling: dict | None = None  # the batch tiling of the graph's prefix (tiling.py), if any
 
     @property
     def output_values(self) -> list[Value]:

@@ -150,23 +150,33 @@ class Launch:
         self.lw, self.kernel = lw, kernel
         self.global_size, self.local_size = global_size, local_size or (1,) * len(global_size)
         self.dynamic: list[tuple[int, Value, int]] = []  # (argument index of the buffer, value, extra offset)
-        self.keep = []  # the kernel holds raw handles: keep what it points to alive
+        self.fixed: list[tuple[int, object]] = []  # (argument index, value); also keeps what the kernel points to alive
         i = 0
         for a in args:
             if isinstance(a, Value):
                 a = (a, 0)
             if isinstance(a, tuple) and len(a) == 2 and (a[0] is None or isinstance(a[0], Value)):
                 if a[0] is None:  # no buffer (an absent residual): a null pointer and offset 0
-                    kernel.set_arg(i, None)
-                    kernel.set_arg(i + 1, np.int32(0))
+                    self.fixed += [(i, None), (i + 1, np.int32(0))]
                 else:
                     self.dynamic.append((i, *a))
                 i += 2
                 continue
-            kernel.set_arg(i, self._scalar(a))
-            self.keep.append(a)
+            self.fixed.append((i, self._scalar(a)))
             i += 1
+        for i, a in self.fixed:
+            kernel.set_arg(i, a)
         self.bound = (None, None)
+
+    def clone(self) -> Launch:
+        """The same launch on a kernel object of its own, to be bound to other storage offsets."""
+        twin = object.__new__(Launch)
+        twin.__dict__.update(self.__dict__)
+        twin.kernel = cl.Kernel(self.kernel.program, self.kernel.function_name)
+        for i, a in self.fixed:
+            twin.kernel.set_arg(i, a)
+        twin.bound = (None, None)
+        return twin
 
     def __call__(self, queue: cl.CommandQueue, arena, offsets) -> cl.Event:
         if self.bound[0] is not arena or self.bound[1] is not offsets:
@@ -186,12 +196,20 @@ class Launch:
         return a
 
 
-def _channel_blocks(c: int, ow: int) -> tuple[int, int]:
+# Input columns (vectors) a work-item of dwconv.cl / pool_vec may hold: with the PX accumulators and
+# the weight they must fit AVX-512's 32 registers. 3x3 stride-2 depthwise, 96 channels @112, batch 1
+# (cached), kernel ms x 8: PX 8 (17 columns) 4.1, PX 7 (15) 0.77, PX 4 (9) 0.65: 17 columns spill.
+_MAX_COLUMNS = 16
+
+
+def _channel_blocks(c: int, ow: int, kw: int = 1, sw: int = 1, dw: int = 1) -> tuple[int, int]:
     """(VC, PX) for the kernels that compute VC channels x PX output pixels per work-item (dwconv.cl,
     pool.cl's pool_vec): the vector width that pads C least, then the widest; the pixel block that
-    pads OW least, then the largest."""
+    pads OW least, then the largest, among those whose input columns ((PX-1)*SW + (KW-1)*DW + 1)
+    fit in registers."""
     vc = min((16, 8, 4), key=lambda v: (-(-c // v) * v, -v))
-    px = min(range(8, 0, -1), key=lambda p: -(-ow // p) * p)
+    fits = [p for p in range(8, 0, -1) if (p - 1) * sw + (kw - 1) * dw + 1 <= _MAX_COLUMNS] or [1]
+    px = min(fits, key=lambda p: -(-ow // p) * p)
     return vc, px
 
 
@@ -227,7 +245,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
 
     family = conv_family(conv)
     if family == DWCONV:
-        vc, px = _channel_blocks(cin, ow)
+        vc, px = _channel_blocks(cin, ow, kw, sw, dw)
         cp = -(-cin // vc) * vc
         geometry = dict(VC=vc, PX=px, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw)
         kernel = _kernel(lw, "dwconv.cl", "dwconv", [f"-D{k}={v}" for k, v in geometry.items()] + epilogue)
@@ -301,7 +319,7 @@ def pool(lw: Lowering, n: fx.Node, x: Value, kind: str, *, kernel=(1, 1), stride
         launch = Launch(lw, k, (_round(total),), (LOCAL,),
                         [out, x, h, w, c, oh, ow, *kernel, *stride, *padding, 1, int(count_pad), total])
     else:  # vectorised like the depthwise conv: channel vectors x PX pixels per work-item
-        vc, px = _channel_blocks(c, ow)
+        vc, px = _channel_blocks(c, ow, kernel[1], stride[1])
         geometry = dict(VC=vc, PX=px, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1])
         k = _kernel(lw, "pool.cl", "pool_vec", [f"-D{k}={v}" for k, v in geometry.items()] + kind_opt)
         launch = Launch(lw, k, (-(-c // vc), -(-ow // px), nb * oh), None,
