@@ -18,7 +18,7 @@ from compiler.ops import FusedOp
 from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_geometry
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
-from .lower import NHWC, Lowering, Value
+from .lower import NCHW, NHWC, Lowering, Value
 from .programs import build_program, kernel_source
 
 LOCAL = 64
@@ -71,7 +71,8 @@ def _broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
 
 
 def eltwise(lw: Lowering, n: fx.Node, expr: str, out: Value, a: Value, b: Value | None = None, *,
-            a_strides=None, a_offset: int = 0, out_strides=None, out_offset: int = 0, shape=None) -> Value:
+            a_strides=None, a_offset: int = 0, out_strides=None, out_offset: int = 0, shape=None,
+            kind: str = "eltwise") -> Value:
     """Enqueue ``out = expr(a, b)`` over ``shape`` (default: out's), iterating in out's memory order."""
     shape = tuple(shape or out.shape)
     if len(shape) > 6:
@@ -96,7 +97,7 @@ def eltwise(lw: Lowering, n: fx.Node, expr: str, out: Value, a: Value, b: Value 
         kernel = _kernel(lw, "eltwise.cl", "eltwise", [f"-DOP=({expr})"])
         args = [(out, out_offset), so8, (a, a_offset), sa8, b if b is not None else (a, a_offset), sb8, dims, total]
     launch = Launch(lw, kernel, (_round(total),), (LOCAL,), args)
-    lw.add(n, "eltwise", [x for x in (a, b) if x is not None], [out], launch)
+    lw.add(n, kind, [x for x in (a, b) if x is not None], [out], launch)
     return out
 
 
@@ -104,7 +105,7 @@ def contiguous(lw: Lowering, n: fx.Node, v: Value, order) -> Value:
     """``v`` in the given physical order (a copy when it is not already)."""
     if tuple(v.order) == tuple(order) or v.numel == 1:
         return v
-    return eltwise(lw, n, "x", lw.new(v.shape, order), v)
+    return eltwise(lw, n, "x", lw.new(v.shape, order), v, kind="copy")
 
 
 def _constant(x) -> str | None:
@@ -228,7 +229,11 @@ def _pack_conv_weight(wt: torch.Tensor, bias: torch.Tensor, groups: int, nr: int
 def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, res: Value | None) -> Value | None:
     if conv.padding_mode != "zeros" or len(x.shape) != 4 or (act is not None and act not in UNARY):
         return None
-    x = contiguous(lw, n, x, NHWC)
+    family = conv_family(conv)
+    # conv.cl also reads NCHW (the model's input as uploaded): no layout copy before a stem conv
+    x_nchw = family == CONV and tuple(x.order) == NCHW and x.offset == 0
+    if not x_nchw:
+        x = contiguous(lw, n, x, NHWC)
     res = contiguous(lw, n, res, NHWC) if res is not None else None
     nb, cin, h, w = x.shape
     oh, ow = meta.shape(n)[2:]
@@ -243,7 +248,6 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     def alloc(a: np.ndarray, what: str) -> cl.Buffer:
         return lw.device.alloc(hostbuf=a, what=f"uploading {what} of '{n.name}'", flags=cl.mem_flags.READ_ONLY)
 
-    family = conv_family(conv)
     if family == DWCONV:
         vc, px = _channel_blocks(cin, ow, kw, sw, dw)
         cp = -(-cin // vc) * vc
@@ -269,7 +273,8 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     nv = min((4, 2, 1), key=lambda v: (-(-og // (16 * v)) * 16 * v * _CONV_COST[v], -v))
     mr = _CONV_MR[nv]
     packed, bias_p, ppg = _pack_conv_weight(wt, bias, g, 16 * nv)
-    kernel = _kernel(lw, "conv.cl", "conv", [f"-DMR={mr}", f"-DNV={nv}"] + epilogue)
+    layout = ["-DX_NCHW"] if x_nchw else []
+    kernel = _kernel(lw, "conv.cl", "conv", [f"-DMR={mr}", f"-DNV={nv}"] + epilogue + layout)
     wbuf, bbuf = alloc(packed, "the packed weight"), alloc(bias_p, "the bias")
     zbuf = alloc(np.zeros(cg, np.float32), "zeros")  # what taps in the padding read
     launch = Launch(lw, kernel, (g * ppg, -(-m // mr)), None,

@@ -9,7 +9,9 @@
 //   materialised: each work-item reads its pixels' input rows straight from x.
 //
 // Layouts (float32, element offsets into the buffers):
-//   x    NHWC contiguous, [N, H, W, C], C = groups * CG.
+//   x    NHWC contiguous, [N, H, W, C], C = groups * CG; with -DX_NCHW, NCHW contiguous (the model's
+//        input as the host holds it, so a stem conv reads it without a layout copy: channels are then
+//        H*W apart, and a tap in the padding reads the zeros buffer's first element for every channel).
 //   out  NHWC contiguous, [N, OH, OW, Cout] = row-major [M, Cout]; R the same, read when HAS_RESIDUAL.
 //   Wp   the weight packed by the host (ops.py) into NR-column panels, PPG = ceil(OG / NR) per group,
 //        K-major inside a panel with k = (kh*KW + kw)*CG + ci:
@@ -29,7 +31,7 @@
 //
 // Build options:
 //   -DMR=<pixels per work-item>  -DNV=<float16 vectors per panel row, NR = 16 * NV>
-//   -DHAS_RESIDUAL  -DACT(x)=<expression in x, applied to float16 vectors and to floats>
+//   -DHAS_RESIDUAL  -DACT(x)=<expression in x, applied to float16 vectors and to floats>  -DX_NCHW
 //
 // Edges: pixels past M are clamped to M - 1 for loads and not stored; a panel that runs past OG (the
 //   last of a group whose OG is not a multiple of NR) is stored column by column. Any shape works.
@@ -64,6 +66,13 @@
 #ifndef ACT
 #define ACT(x) (x)
 #endif
+#ifdef X_NCHW
+#define PIXEL_STRIDE 1
+#define CHANNEL_STRIDE(ok) ((ok) ? H * W : 0)
+#else
+#define PIXEL_STRIDE C
+#define CHANNEL_STRIDE(ok) 1
+#endif
 
 __kernel void conv(__global float* restrict out, const int out_off,
                    __global const float* restrict x, const int x_off,
@@ -91,7 +100,7 @@ __kernel void conv(__global float* restrict out, const int out_off,
         const int oh = t % OH, n = t / OH;
         ih0[r] = oh * SH - PH;
         iw0[r] = ow * SW - PW;
-        xb[r] = x + x_off + (size_t)n * H * W * C + grp * CG;
+        xb[r] = x + x_off + (size_t)n * H * W * C + (size_t)grp * CG * CHANNEL_STRIDE(1);
     }
     const __global float16* w = (const __global float16*)(Wp + (size_t)panel * NR * KH * KW * CG);
 
@@ -104,10 +113,17 @@ __kernel void conv(__global float* restrict out, const int out_off,
     for (int kh = 0; kh < KH; ++kh) {
         for (int kw = 0; kw < KW; ++kw) {
             const __global float* a[MR];
+#ifdef X_NCHW
+            int cs[MR];
+#endif
             #pragma unroll
             for (int r = 0; r < MR; ++r) {
                 const int ih = ih0[r] + kh * DH, iw = iw0[r] + kw * DW;
-                a[r] = ((uint)ih < (uint)H && (uint)iw < (uint)W) ? xb[r] + (ih * W + iw) * C : zeros;
+                const bool ok = (uint)ih < (uint)H && (uint)iw < (uint)W;
+                a[r] = ok ? xb[r] + (ih * W + iw) * PIXEL_STRIDE : zeros;
+#ifdef X_NCHW
+                cs[r] = CHANNEL_STRIDE(ok);
+#endif
             }
             for (int k = 0; k < CG; ++k) {
                 float16 bk[NV];
@@ -116,7 +132,11 @@ __kernel void conv(__global float* restrict out, const int out_off,
                 w += NV;
                 #pragma unroll
                 for (int r = 0; r < MR; ++r) {
+#ifdef X_NCHW
+                    const float16 ak = (float16)(a[r][k * cs[r]]);
+#else
                     const float16 ak = (float16)(a[r][k]);
+#endif
                     #pragma unroll
                     for (int v = 0; v < NV; ++v) acc[r][v] = fma(ak, bk[v], acc[r][v]);
                 }
