@@ -47,7 +47,10 @@ def _family(conv: nn.Conv2d) -> str:
     if conv.groups == conv.in_channels == conv.out_channels:
         return "dwconv"
     one = (conv.kernel_size, conv.stride, conv.padding, conv.groups) == ((1, 1), (1, 1), (0, 0), 1)
-    return "conv 1x1 (gemm)" if one and conv.out_channels > 16 else "conv"
+    if one and conv.out_channels > 16:
+        return "conv 1x1 (gemm)"
+    three = (conv.kernel_size, conv.stride, conv.dilation, conv.groups) == ((3, 3), (1, 1), (1, 1), 1)
+    return "winograd" if three and min(conv.in_channels, conv.out_channels) >= 128 else "conv"
 
 
 def _check(conv: nn.Conv2d, act: nn.Module | None = None, *, residual: bool = False, batch: int = 1,
@@ -190,3 +193,13 @@ def test_pool_matches_torch(pool, channels, hw):
     with torch.no_grad():
         ref = model(x)
     assert rel_err(ref, cm(x)) < TOL
+
+
+@pytest.mark.parametrize("cin,cout,hw,residual", [(128, 128, (13, 10), False), (130, 144, (7, 9), True)])
+def test_winograd_matches_torch(cin, cout, hw, residual):
+    # odd sizes: partial 2x2 output tiles; 130/144 channels: partial channel vectors in wino.cl
+    conv = nn.Conv2d(cin, cout, 3, 1, 1)
+    assert _family(conv) == "winograd"
+    for batch in (1, 3):
+        families = _check(conv, nn.ReLU(), residual=residual, batch=batch, hw=hw)
+        assert families == ["winograd in", "winograd", "winograd out"]

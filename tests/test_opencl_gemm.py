@@ -105,3 +105,18 @@ def test_bad_arguments_are_typed(device):
         Gemm(device, b, torch.randn(5))
     with pytest.raises(InputError, match="residual"):
         Gemm(device, b, residual=True)(torch.randn(3, 4))
+
+
+def test_batched_gemms_in_one_launch(device):
+    bsz, m, n, k = 5, 37, 40, 19  # Winograd's 16 GEMMs of one shape, smaller
+    a, b = torch.randn(bsz, m, k), torch.randn(bsz, k, n)
+    g = Gemm(device, b)
+    q = device.queue()
+    abuf, cbuf = device.alloc(hostbuf=a.numpy()), device.alloc(bsz * m * n * 4)
+    args = g.args((abuf, 0), (cbuf, 0), m, batch_strides=(m * k, m * n))
+    g.kernel(q, g.global_size(m), g.local_dims, *[x for v in args for x in (v if isinstance(v, tuple) else (v,))])
+    out = np.empty((bsz, m, n), np.float32)
+    cl.enqueue_copy(q, out, cbuf)
+    assert rel_err(torch.bmm(a, b), torch.from_numpy(out)) < TOL
+    with pytest.raises(InputError, match="batch_strides"):
+        g.args((abuf, 0), (cbuf, 0), m)

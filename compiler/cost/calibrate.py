@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .families import CONV_1X1, DWCONV, FAMILIES, GEMM
+from .families import CONV_1X1, DWCONV, FAMILIES, GEMM, WINOGRAD, WINOGRAD_MIN_CHANNELS
 
 from ..errors import InputError, choices
 from .layers import Layer, conv_layer, linear_layer
@@ -41,10 +41,12 @@ def sample_module(family: str, rng: random.Random) -> tuple[nn.Module, tuple[int
                 m = nn.Conv2d(cin, cin, k, s, k // 2, groups=cin)
             elif family == CONV_1X1:
                 m = nn.Conv2d(cin, max(cout, 17), 1)
+            elif family == WINOGRAD:
+                m = nn.Conv2d(max(cin, WINOGRAD_MIN_CHANNELS), max(cout, WINOGRAD_MIN_CHANNELS), 3, 1, 1)
             else:
                 k, s = rng.choice(((3, 1), (3, 1), (3, 2), (5, 1), (7, 2), (1, 2)))
                 m = nn.Conv2d(cin, cout, k, s, k // 2)
-            shape = (n, cin, hw, hw)
+            shape = (n, m.in_channels, hw, hw)
             layer = conv_layer(m, shape)
         if layer.family == family and layer.macs <= MAX_MACS:
             return m, shape

@@ -10,7 +10,12 @@ CONV = "conv"            # conv.cl, implicit GEMM
 CONV_1X1 = "conv 1x1 (gemm)"  # gemm.cl on the NHWC rows
 DWCONV = "dwconv"        # dwconv.cl
 GEMM = "gemm"            # gemm.cl, Linear
-FAMILIES = (CONV, CONV_1X1, DWCONV, GEMM)
+WINOGRAD = "winograd"    # wino.cl's transforms around gemm.cl batched over the 16 positions
+FAMILIES = (CONV, CONV_1X1, DWCONV, GEMM, WINOGRAD)
+# Winograd pays from 128 channels on. ResNet-18 at 224, batch 8 (ms, kernel time; transforms + GEMMs
+# against conv.cl): 64 ch @56 9.1 vs 8.4, 128 @28 6.7 vs 8.5, 256 @14 5.2 vs 8.5, 512 @7 6.1 vs 8.7.
+# At 64 channels the 16 GEMMs (K = 64) stream their 26 MB operands and run at 137 GFLOP/s.
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -30,10 +35,15 @@ def conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
 
 def conv_family(conv: nn.Conv2d) -> str:
     """depthwise -> dwconv.cl; 1x1, stride 1, no padding, ungrouped, more than 16 outputs -> the
-    GEMM (measured in ops.py: as fast or faster there, except at 16 outputs); else conv.cl."""
+    GEMM (measured in ops.py: as fast or faster there, except at 16 outputs); 3x3, stride 1,
+    undilated, ungrouped, at least WINOGRAD_MIN_CHANNELS in and out -> Winograd; else conv.cl."""
     cin, cout, g = conv.in_channels, conv.out_channels, conv.groups
     if g == cin == cout:
         return DWCONV
-    (k, s, p, _) = conv_geometry(conv)
+    (k, s, p, d) = conv_geometry(conv)
     one = (k, s, p, g) == ((1, 1), (1, 1), (0, 0), 1)
-    return CONV_1X1 if one and cout > 16 else CONV
+    if one and cout > 16:
+        return CONV_1X1
+    if (k, s, d, g) == ((3, 3), (1, 1), (1, 1), 1) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
+        return WINOGRAD
+    return CONV

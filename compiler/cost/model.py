@@ -34,11 +34,11 @@ PROFILE_VERSION = 1
 
 
 def kernels_fingerprint() -> str:
-    """A hash of everything that decides what a layer's kernel does: the .cl sources and the host
+    """A hash of everything that decides what a layer's kernel does: the .cl and .h sources and the host
     code that picks blockings. A profile made under another fingerprint is stale."""
     h = hashlib.sha256()
     root = resources.files("runtime.opencl")
-    for name in sorted(p.name for p in root.joinpath("kernels").iterdir() if p.name.endswith(".cl")):
+    for name in sorted(p.name for p in root.joinpath("kernels").iterdir() if p.name.endswith((".cl", ".h"))):
         h.update(name.encode() + root.joinpath("kernels", name).read_bytes())
     for name in ("ops.py", "gemm.py"):
         h.update(name.encode() + root.joinpath(name).read_bytes())

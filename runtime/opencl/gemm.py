@@ -108,11 +108,13 @@ class Gemm:
         if activation not in ACTIVATIONS:
             raise UnsupportedError(f"unknown GEMM activation '{activation}', valid activations are {choices(ACTIVATIONS)}")
         self.device, self.config, self.activation, self.residual = device, config, activation, residual
-        packed = pack_b(b, config.nr)
-        self.K, self.N = int(b.shape[0]), int(b.shape[1])
+        self.batch = int(b.shape[0]) if b.ndim == 3 else 0  # a [B, K, N] weight: B GEMMs in one launch
+        packed = np.concatenate([pack_b(x, config.nr) for x in b]) if self.batch else pack_b(b, config.nr)
+        self.K, self.N = int(b.shape[-2]), int(b.shape[-1])
         if self.K < 1 or self.N < 1:
             raise InputError(f"GEMM weight must be [K, N] with K, N >= 1, got shape {tuple(b.shape)}")
         options = [f"-DMR={config.mr}", f"-DNV={config.nv}", f"-DACTIVATION={ACTIVATIONS[activation]}"]
+        options += ["-DBATCHED"] if self.batch else []
         self.b_buf = device.alloc(hostbuf=packed, what="uploading the packed GEMM weight", flags=cl.mem_flags.READ_ONLY)
         self.bias_buf = None
         if bias is not None:
@@ -128,26 +130,38 @@ class Gemm:
         program = build_program(device, kernel_source("gemm.cl"), options, name="gemm.cl")
         self.kernel = cl.Kernel(program, "gemm")
         i32 = np.int32
-        self.kernel.set_scalar_arg_dtypes([None, i32, i32, None, None, None, i32, i32, None, i32, i32, i32, i32, i32])
-        self.panels = packed.shape[0]
+        self.kernel.set_scalar_arg_dtypes([None, i32, i32, None, None, None, i32, i32, None, i32, i32, i32, i32, i32]
+                                          + [i32] * (3 if self.batch else 0))
+        self.panels = packed.shape[0] // max(self.batch, 1)
         self.local_size = config.local
         self._queue: cl.CommandQueue | None = None
 
-    def global_size(self, m: int) -> tuple[int, int]:
+    def global_size(self, m: int) -> tuple[int, ...]:
         l0, l1 = self.local_size
-        return _round_up(self.panels, l0), _round_up(-(-m // self.config.mr), l1)
+        size = (_round_up(self.panels, l0), _round_up(-(-m // self.config.mr), l1))
+        return size + (self.batch,) if self.batch else size
+
+    @property
+    def local_dims(self) -> tuple[int, ...]:
+        return self.local_size + (1,) if self.batch else self.local_size
 
     def args(self, a, c, m: int, *, residual=(None, 0), lda: int | None = None, ldc: int | None = None,
-             ldr: int | None = None) -> list:
+             ldr: int | None = None, batch_strides: tuple[int, int] | None = None) -> list:
         """The kernel's arguments in order, for ``kernel(...)`` or ``ops.Launch``. ``a``, ``c`` and
         ``residual`` are (buffer, element offset) pairs, or anything ``ops.Launch`` resolves to one;
-        by default rows are packed (lda = K, ldc = ldr = N)."""
+        by default rows are packed (lda = K, ldc = ldr = N). A batched Gemm takes ``batch_strides``,
+        the elements between consecutive A and C matrices."""
         if (residual[0] is None) == self.residual:
             raise InputError("this Gemm was built " + ("with" if self.residual else "without")
                              + " a residual; pass one accordingly")
+        if (batch_strides is None) != (not self.batch):
+            raise InputError("a batched Gemm (a [B, K, N] weight) takes batch_strides, and only it")
         n = self.N
-        return [a, self.K if lda is None else lda, self.b_buf, self.bias_buf, residual, n if ldr is None else ldr,
-                c, n if ldc is None else ldc, m, n, self.K]
+        out = [a, self.K if lda is None else lda, self.b_buf, self.bias_buf, residual, n if ldr is None else ldr,
+               c, n if ldc is None else ldc, m, n, self.K]
+        if self.batch:
+            out += [batch_strides[0], self.panels * self.K * self.config.nr, batch_strides[1]]
+        return out
 
     def enqueue(self, queue: cl.CommandQueue, a_buf: cl.Buffer, c_buf: cl.Buffer, m: int, *,
                 a_offset: int = 0, lda: int | None = None, c_offset: int = 0, ldc: int | None = None,

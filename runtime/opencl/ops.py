@@ -15,7 +15,7 @@ from torch import nn
 from compiler import meta
 from compiler.ops import FusedOp
 
-from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, conv_family, conv_geometry
+from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, WINOGRAD, conv_family, conv_geometry
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
 from .lower import NCHW, NHWC, Lowering, Value
@@ -269,6 +269,9 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
                                                           gemm.args(x, out, m, residual=(res, 0))))
         return eltwise(lw, n, UNARY[act], out, out) if act is not None and fused is None else out
 
+    if family == WINOGRAD:
+        return _winograd(lw, n, x, out, wt, bias, res, act, (ph, pw), alloc)
+
     cg, og = cin // g, cout // g
     nv = min((4, 2, 1), key=lambda v: (-(-og // (16 * v)) * 16 * v * _CONV_COST[v], -v))
     mr = _CONV_MR[nv]
@@ -281,6 +284,36 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
                     [out, x, (res, 0), wbuf, bbuf, zbuf, h, w, cin, oh, ow, cout, cg, og, ppg,
                      kh, kw, sh, sw, ph, pw, dh, dw, m])
     lw.add(n, CONV, reads, [out], launch)
+    return out
+
+
+# Winograd F(2x2, 3x3): G maps a 3x3 kernel to its 4x4 transform, U = G g G^T (wino.cl has B and A).
+_WINO_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def _winograd(lw: Lowering, n: fx.Node, x: Value, out: Value, wt: torch.Tensor, bias: torch.Tensor,
+              res: Value | None, act: str | None, padding: tuple[int, int], alloc) -> Value:
+    """A 3x3 stride-1 conv as wino.cl's input transform, 16 GEMMs in one launch, and the output
+    transform with the epilogue (see wino.cl)."""
+    nb, cin, h, w = x.shape
+    cout, (oh, ow) = out.shape[1], out.shape[2:]
+    th, tw = -(-oh // 2), -(-ow // 2)
+    tiles = nb * th * tw
+    u = torch.einsum("ai,kcij,bj->abck", _WINO_G, wt.double(), _WINO_G).reshape(16, cin, cout).float()
+    gemm = Gemm(lw.device, u, config=GemmConfig.for_rows(tiles))
+    v_in, m_out = lw.new((16, tiles, cin), (0, 1, 2)), lw.new((16, tiles, cout), (0, 1, 2))
+    vc_in, vc_out = (min((16, 8, 4), key=lambda v: (-(-c // v) * v, -v)) for c in (cin, cout))
+    k_in = _kernel(lw, "wino.cl", "wino_in", [f"-DVC={vc_in}"])
+    lw.add(n, "winograd in", [x], [v_in], Launch(lw, k_in, (-(-cin // vc_in), tw, nb * th), None,
+                                                [v_in, x, h, w, cin, th, tw, *padding, nb * th]))
+    lw.add(n, WINOGRAD, [v_in], [m_out], Launch(lw, gemm.kernel, gemm.global_size(tiles), gemm.local_dims,
+                                               gemm.args(v_in, m_out, tiles, batch_strides=(tiles * cin, tiles * cout))))
+    epilogue = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({UNARY[act]})"] if act else [])
+    k_out = _kernel(lw, "wino.cl", "wino_out", [f"-DVC={vc_out}"] + epilogue)
+    bbuf = alloc(F.pad(bias, (0, -(-cout // vc_out) * vc_out - cout)).numpy(), "the bias")
+    lw.add(n, "winograd out", [m_out] + ([res] if res is not None else []), [out],
+           Launch(lw, k_out, (-(-cout // vc_out), tw, nb * th), None,
+                  [out, m_out, (res, 0), bbuf, cout, oh, ow, th, tw, nb * th]))
     return out
 
 

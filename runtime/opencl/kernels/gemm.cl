@@ -20,6 +20,8 @@
 // Build options:
 //   -DMR=<rows per work-item>  -DNV=<float16 vectors per row, NR = 16 * NV>
 //   -DHAS_BIAS  -DHAS_RESIDUAL  -DACTIVATION=<0 none | 1 relu | 2 relu6 | 3 hardswish>
+//   -DBATCHED: a batch of GEMMs with one shape (Winograd's 16, wino.cl), the third global dim; the
+//   trailing arguments are the element strides between consecutive A, Bp and C.
 //
 // Edges: columns past N are zeros in Bp and are not stored; rows past M are clamped to row
 // M - 1 for loads (so the inner loop has no branch) and are not stored. Any M, N, K >= 1.
@@ -69,8 +71,18 @@ __kernel void gemm(__global const float* restrict A, const int a_off, const int 
                    __global const float* restrict bias,
                    __global const float* restrict R, const int r_off, const int ldr,
                    __global float* restrict C, const int c_off, const int ldc,
-                   const int M, const int N, const int K)
+                   const int M, const int N, const int K
+#ifdef BATCHED
+                   , const int a_bs, const int b_bs, const int c_bs
+#endif
+                   )
 {
+#ifdef BATCHED  // GEMM number get_global_id(2): A, Bp and C advance by their batch strides
+    const size_t bi = get_global_id(2);
+    A += bi * a_bs;
+    Bp += bi * b_bs;
+    C += bi * c_bs;
+#endif
     const int panel = get_global_id(0);
     const int row0 = get_global_id(1) * MR;
     if (row0 >= M) return;
