@@ -6,8 +6,9 @@
     cm.export_onnx("model.onnx")
 """
 from .api import CompiledModel, compile
+from .budget import Budget, Plan
 from .errors import (
-    CompilerError, DatasetError, ExportError, FineTuneError, InputError, OutputPathError, PassError, PipelineError,
+    BudgetError, CalibrationError, CompilerError, DatasetError, ExportError, FineTuneError, InputError, OutputPathError, PassError, PipelineError,
     PostconditionError, PreconditionError, PruningError, TraceError, UnknownPassError, VerificationError,
 )
 from .finetune import FineTune, FineTuneResult, finetune
@@ -23,4 +24,5 @@ __all__ = [
     "CompilerError", "InputError", "TraceError", "PipelineError", "UnknownPassError", "PassError",
     "PreconditionError", "PostconditionError", "VerificationError", "ExportError", "OutputPathError",
     "PruningError", "DatasetError", "FineTuneError", "FineTune", "FineTuneResult", "finetune",
+    "Budget", "Plan", "BudgetError", "CalibrationError",
 ]

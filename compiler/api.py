@@ -10,10 +10,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import FineTuneError, InputError
+from .budget import Budget
+from .errors import BudgetError, FineTuneError, InputError, PipelineError
 from .finetune import FineTune, finetune as run_finetune
 from .pass_manager import PassManager
-from .pipelines import PipelineSpec
+from .pipelines import PipelineSpec, build_pass, load_pipeline
 from .report import CompileReport
 from .trace import LeafSpec, as_input_tuple, check_module, trace
 
@@ -83,6 +84,18 @@ def run_eager(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
             h.remove()
 
 
+def with_budget(pipeline: PipelineSpec, budget: Budget) -> list:
+    """``pipeline``'s passes with the ``budget`` pass inserted before the first ``fuse`` (it rewrites
+    plain Conv2d / Linear modules), or appended."""
+    if not isinstance(budget, Budget):
+        raise BudgetError(f"budget must be a compiler.Budget, got {type(budget).__name__}")
+    passes = load_pipeline(pipeline)
+    if any(p.name == "budget" for p in passes):
+        raise PipelineError("the pipeline already has a 'budget' pass; pass budget= or the pass, not both")
+    at = next((i for i, p in enumerate(passes) if p.name == "fuse"), len(passes))
+    return passes[:at] + [build_pass({"name": "budget", "budget": budget}, where="compile(budget=...)")] + passes[at:]
+
+
 def compile(
     model: nn.Module,
     example_inputs,
@@ -95,6 +108,7 @@ def compile(
     finetune: FineTune | None = None,
     train_data: Iterable | None = None,
     val_data: Iterable | None = None,
+    budget: Budget | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for inference on ``target``.
 
@@ -115,6 +129,11 @@ def compile(
         ``model`` as the teacher (``compiler.finetune``), before the backend step; the per-epoch
         history goes to ``report.finetune``. ``train_data`` / ``val_data`` are DataLoaders or lists
         of ``(inputs, labels)`` batches; ``val_data`` drives early stopping and the best-epoch restore.
+    budget : Budget, optional
+        Adds the ``budget`` pass before ``fuse`` (or last): per layer, keep or factorize, chosen by the
+        cost model of the OpenCL device (its calibration profile when there is one) to meet the budget
+        with the least output error. The plan is in the report (``budget`` row details) and
+        ``BudgetError`` names the closest achievable when no choice meets it.
 
     Returns
     -------
@@ -135,6 +154,8 @@ def compile(
     t0 = time.perf_counter()
     gm = trace(model, inputs, leaf_modules=leaf_modules)
     trace_seconds = time.perf_counter() - t0
+    if budget is not None:
+        pipeline = with_budget(pipeline, budget)
     gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__

@@ -4,6 +4,7 @@
                        [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
                        [--finetune-data fashion-mnist [--epochs 3] [--lr 1e-3] [--train-limit N] ...]
     fxcompress passes
+    fxcompress calibrate [--per-family 30] [-o profile.json]
 """
 from __future__ import annotations
 
@@ -133,6 +134,17 @@ def _cmd_passes(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from runtime.opencl.device import open_device
+
+    from .cost.calibrate import calibrate, default_profile_path
+
+    profile = calibrate(per_family=args.per_family, progress=not args.no_progress)
+    path = profile.save(args.output or default_profile_path(open_device().name))
+    print(f"calibration profile for '{profile.device}' ({len(profile.samples)} layers) written to {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fxcompress", description="Compress and compile PyTorch models over torch.fx graphs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the passes do")
@@ -163,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("passes", help="list the registered passes and their arguments")
     p.set_defaults(func=_cmd_passes)
+
+    k = sub.add_parser("calibrate", help="measure the OpenCL kernels at sampled shapes: the cost model's profile")
+    k.add_argument("--per-family", type=int, default=30, help="sampled layers per kernel family (default 30)")
+    k.add_argument("-o", "--output", help="profile path (default: this device's, under the user cache)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k.set_defaults(func=_cmd_calibrate)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

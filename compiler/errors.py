@@ -103,3 +103,8 @@ class FineTuneError(CompilerError, ValueError):
 class CalibrationError(CompilerError):
     """A cost-model calibration profile cannot be used: missing, malformed, made on another device, or
     stale (the kernels changed since); says how to recalibrate."""
+
+
+class BudgetError(CompilerError, ValueError):
+    """A compression budget is malformed, or no choice of the candidates meets it (the message gives
+    the closest achievable)."""

@@ -10,7 +10,7 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from .analysis import Analyses
-from .errors import CompilerError, PassError, VerificationError
+from .errors import BudgetError, CalibrationError, CompilerError, PassError, VerificationError
 from .instruments import GraphDump, Instrument, NumericVerify, Stats, Timing
 from .pass_base import Pass, PassContext, PassResult
 from .pipelines import PipelineSpec, load_pipeline
@@ -92,8 +92,8 @@ class PassManager:
                 report.warnings += result.warnings
                 for ins in instruments:
                     ins.after_pass(p, gm, ctx, row)
-            except VerificationError:
-                raise  # already names the pass and the passes before it
+            except (VerificationError, BudgetError, CalibrationError):
+                raise  # name the pass themselves, or are about the user's budget or profile, not the pass
             except Exception as e:  # noqa: BLE001 - every failure is re-raised naming the pass
                 raise PassError(p.name, list(ctx.passes_before), e) from e
             for r in row.refusals:

@@ -1,2 +1,2 @@
 """Graph rewrites. Importing this package registers every built-in pass by name."""
-from . import cleanup, factorize, fold_bn, fuse, prune_channels  # noqa: F401  (registration)
+from . import budget, cleanup, factorize, fold_bn, fuse, prune_channels  # noqa: F401  (registration)

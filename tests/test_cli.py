@@ -75,3 +75,23 @@ def test_passes_lists_arguments(capsys):
     out = capsys.readouterr().out
     assert "fold_bn: Fold BatchNorm" in out
     assert "    residual: bool = True" in out
+
+
+def test_calibrate_writes_a_profile_the_cost_model_loads(tmp_path, capsys):
+    pytest.importorskip("pyopencl")
+    from compiler.cost import CostModel, Profile
+    from compiler.cost.families import FAMILIES
+
+    try:
+        from runtime.opencl.device import open_device
+
+        name = open_device().name
+    except Exception as e:  # noqa: BLE001 - no OpenCL device here
+        pytest.skip(f"no OpenCL device: {e}")
+    out = tmp_path / "profile.json"
+    assert main(["calibrate", "--per-family", "1", "-o", str(out), "--no-progress"]) == 0
+    assert str(out) in capsys.readouterr().out
+    profile = Profile.load(out, device=name)
+    assert sorted(layer.family for layer, _ in profile.samples) == sorted(FAMILIES)
+    assert all(ms > 0 for _, ms in profile.samples)
+    CostModel(profile.target, profile)

@@ -50,8 +50,12 @@ def test_families_are_the_runtimes_decisions():
 
 
 def test_roofline_is_compute_or_memory_bound():
-    big = conv_layer(nn.Conv2d(256, 256, 3, 1, 1), (8, 256, 14, 14))
-    assert analytic_ms(big, CPU) == pytest.approx(2 * big.macs / 200e6)  # compute-bound
+    big = conv_layer(nn.Conv2d(256, 256, 3, 2, 1), (8, 256, 28, 28))
+    assert big.family == "conv" and analytic_ms(big, CPU) == pytest.approx(2 * big.macs / 200e6)  # compute-bound
+    wino = conv_layer(nn.Conv2d(256, 256, 3, 1, 1), (8, 256, 14, 14))  # 16 of the direct form's 36 MACs
+    assert wino.family == "winograd" and analytic_ms(wino, CPU) == pytest.approx(2 * wino.macs * 16 / 36 / 200e6)
+    odd = conv_layer(nn.Conv2d(256, 256, 3, 1, 1), (8, 256, 7, 7))  # 7x7 outputs computed as 8x8
+    assert analytic_ms(odd, CPU) == pytest.approx(2 * odd.macs * 16 / 36 * 64 / 49 / 200e6)
     dw = conv_layer(nn.Conv2d(256, 256, 3, 1, 1, groups=256), (8, 256, 14, 14))
     assert analytic_ms(dw, CPU) == pytest.approx(dw.bytes / 40e6)  # memory-bound
     ranks = [conv_layer(nn.Conv2d(r, r, 3, 1, 1), (8, r, 14, 14)) for r in (16, 32, 64, 128)]

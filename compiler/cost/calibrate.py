@@ -2,7 +2,9 @@
 kernel times (OpenCL profiling events), and keep them as a ``Profile`` (JSON, one per device)."""
 from __future__ import annotations
 
+import logging
 import math
+import os
 import random
 import re
 from pathlib import Path
@@ -15,7 +17,9 @@ from .families import CONV_1X1, DWCONV, FAMILIES, GEMM, WINOGRAD, WINOGRAD_MIN_C
 
 from ..errors import InputError, choices
 from .layers import Layer, conv_layer, linear_layer
-from .model import Profile
+from .model import CostModel, Profile
+
+log = logging.getLogger(__name__)
 
 CHANNELS = (8, 512)  # log-uniform, so factorized ranks (odd, small) are sampled as well as zoo widths
 SIZES = (7, 14, 28, 56)
@@ -92,3 +96,22 @@ def default_profile_path(device_name: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()[:80]
     return cache_dir().parent / "cost" / f"{slug}.json"
 
+
+
+def device_cost_model(profile: str | os.PathLike | None = None) -> CostModel:
+    """The cost model of the OpenCL device the runtime uses: calibrated from ``profile`` (default:
+    this device's profile under the user cache, see ``default_profile_path``) when one exists, else
+    the roofline of the device's measured Target alone, with a warning that says how to calibrate.
+    No device raises the runtime's NoOpenCLError (with its install hint); a stale or foreign
+    profile raises CalibrationError."""
+    from runtime.opencl.device import open_device
+    from runtime.opencl.probe import measure_target
+
+    dev = open_device()
+    path = Path(profile) if profile is not None else default_profile_path(dev.name)
+    if profile is not None or path.exists():
+        prof = Profile.load(path, device=dev.name)
+        return CostModel(prof.target, prof)
+    log.warning("no calibration profile for '%s' at %s: predicting from the roofline alone; run "
+                "`fxcompress calibrate` (a few minutes) for calibrated predictions", dev.name, path)
+    return CostModel(measure_target(dev))

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
 import torch.fx as fx
 
 from .. import meta
 from .families import FAMILIES
 from .layers import Layer, module_layers
 from .model import CostModel
+
+
+VIEWS = {"view", "reshape", "flatten", "permute", "transpose", "size", "contiguous", "squeeze", "unsqueeze"}
+VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze}
 
 
 @dataclass
@@ -67,3 +72,27 @@ def predict_compiled(cm, model: CostModel) -> Prediction:
     pred.total_ms = sum(ms for *_, ms in pred.steps)
     return pred
 
+
+
+def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
+    """Predicted latency of an fx graph before lowering, offline (no device needed): conv and linear
+    modules (and factorize's chains) by the layer model, every other tensor op as one launch moving
+    its operands at the target's bandwidth. Not fusion-aware (``predict_compiled`` is); the budget
+    pass uses it to price the parts of a model no candidate touches, before and after."""
+    t = model.target
+    pred = Prediction(0.0)
+    for n in gm.graph.nodes:
+        if n.op not in ("call_module", "call_function", "call_method") or meta.shape(n) is None:
+            continue
+        layers = _layers_of(gm, n)
+        if layers:
+            for layer in layers:
+                pred.steps.append((n.name, layer.family, model.layer_ms(layer) + t.launch_us * 1e-3))
+            continue
+        if n.op == "call_method" and n.target in VIEWS or n.op == "call_function" and n.target in VIEW_FUNCTIONS:
+            continue  # relabelled by the lowering, no kernel
+        moved = sum(torch.Size(meta.shape(a)).numel() for a in n.all_input_nodes if meta.shape(a) is not None)
+        moved += torch.Size(meta.shape(n)).numel()
+        pred.steps.append((n.name, "other", 4 * moved / (t.bandwidth_gbs * 1e6) + t.launch_us * 1e-3))
+    pred.total_ms = sum(ms for *_, ms in pred.steps)
+    return pred

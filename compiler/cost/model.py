@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import CalibrationError
 from ..fileio import write_text_atomic
 from ..target import Target
+from .families import WINOGRAD
 from .layers import Layer
 
 PROFILE_VERSION = 1
@@ -67,7 +68,7 @@ class Profile:
     def load(cls, path: str | os.PathLike, *, device: str | None = None, allow_stale: bool = False) -> Profile:
         """Read a profile; CalibrationError when it is missing, malformed, for another device than
         ``device``, or stale (unless ``allow_stale``)."""
-        hint = "recalibrate with compiler.cost.calibrate(...) or `python benchmarks/cost_model.py --recalibrate`"
+        hint = "recalibrate with `fxcompress calibrate` (or compiler.cost.calibrate(...).save(path))"
         try:
             d = json.loads(Path(path).read_text())
             if d.get("version") != PROFILE_VERSION:
@@ -88,8 +89,12 @@ class Profile:
 
 
 def analytic_ms(layer: Layer, target: Target) -> float:
-    """Roofline kernel time: compute- or memory-bound."""
-    return max(2 * layer.macs / (target.peak_gflops * 1e6), layer.bytes / (target.bandwidth_gbs * 1e6))
+    """Roofline kernel time: compute- or memory-bound. Winograd F(2x2, 3x3) does 16 multiply-adds
+    per 2x2 output tile where the direct form does 36, over outputs padded to even sizes."""
+    macs = layer.macs
+    if layer.family == WINOGRAD:
+        macs = macs * 16 / 36 * (2 * -(-layer.oh // 2)) * (2 * -(-layer.ow // 2)) / (layer.oh * layer.ow)
+    return max(2 * macs / (target.peak_gflops * 1e6), layer.bytes / (target.bandwidth_gbs * 1e6))
 
 
 class CostModel:

@@ -1,0 +1,90 @@
+"""Budgets and plans: what a user asks compression to reach, and the per-layer decisions that reach it.
+
+A ``Budget`` bounds predicted latency (absolute, or as a fraction of the original's), parameters,
+MACs and the output error the plan may add. The ``budget`` pass (``passes/budget.py``) turns it into a
+``Plan``: per layer, keep it or factorize it with a method and a rank. A plan is data - JSON, written
+atomically - and replays on the original model as an ordinary pipeline (``Plan.pipeline()``), so a
+decision made once (or on another machine) is applied without searching again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import BudgetError
+from .fileio import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper bounds; None leaves a resource free. ``latency_ratio`` is relative to the original
+    model's predicted latency (0.5: twice as fast), ``latency_ms`` absolute. ``max_output_error`` is
+    the largest relative output error (max |y - y_ref| / max |y_ref| on the example inputs) the
+    compressed model may show."""
+
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
+    params: int | None = None
+    macs: int | None = None
+    max_output_error: float | None = None
+
+    def __post_init__(self):
+        for name in ("latency_ms", "latency_ratio", "params", "macs", "max_output_error"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+                raise BudgetError(f"Budget.{name} must be a positive number or None, got {v!r}")
+        if self.latency_ratio is not None and self.latency_ratio > 1:
+            raise BudgetError(f"Budget.latency_ratio is a fraction of the original latency, at most 1; got {self.latency_ratio}")
+        if self.latency_ms is not None and self.latency_ratio is not None:
+            raise BudgetError("give Budget.latency_ms or Budget.latency_ratio, not both")
+        if all(getattr(self, f) is None for f in ("latency_ms", "latency_ratio", "params", "macs")):
+            raise BudgetError("a Budget needs at least one of latency_ms, latency_ratio, params, macs")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Budget:
+        if isinstance(d, Budget):
+            return d
+        known = {"latency_ms", "latency_ratio", "params", "macs", "max_output_error"}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise BudgetError(f"unknown budget keys {bad}, valid keys are {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class Plan:
+    """Per-layer decisions: ``layers[path] = {"method": ..., "rank": ...}``; layers not listed are kept."""
+
+    layers: dict[str, dict] = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    predicted: dict = field(default_factory=dict)  # before/after: latency_ms, params, macs, error proxy
+
+    def pipeline(self) -> list[dict]:
+        """The factorize passes that apply this plan, one per method, each touching only its layers."""
+        by_method: dict[str, dict[str, object]] = {}
+        for path, choice in sorted(self.layers.items()):
+            by_method.setdefault(choice["method"], {})[path] = choice["rank"]
+        return [{"name": "factorize", "method": m, "overrides": {**paths, "*": "skip"}, "skip_first": False,
+                 "skip_last": False} for m, paths in sorted(by_method.items())]
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, **asdict(self)}, indent=1, sort_keys=True)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise BudgetError(f"cannot read plan '{path}': {e}") from e
+        if not isinstance(d, dict) or d.get("version") != 1 or not isinstance(d.get("layers"), dict):
+            raise BudgetError(f"'{path}' is not a version-1 fxcompress plan")
+        for p, c in d["layers"].items():
+            if not isinstance(c, dict) or set(c) != {"method", "rank"}:
+                raise BudgetError(f"plan '{path}': layer '{p}' must be {{'method': ..., 'rank': ...}}, got {c!r}")
+        return cls(layers=d["layers"], budget=d.get("budget", {}), predicted=d.get("predicted", {}))

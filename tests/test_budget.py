@@ -1,0 +1,146 @@
+"""Budgets: validation, allocation over candidate tables, the budget pass, plans as replayable data."""
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import compiler
+from compiler.budget import Budget, Plan
+from compiler.cost.allocate import Candidate, _greedy, allocate
+from compiler.errors import BudgetError
+from compiler.target import Target
+
+from .conftest import rel_err
+
+CPU = Target(name="test cpu", kind="cpu", compute_units=2, clock_mhz=2600, simd_width=16, local_mem_bytes=1 << 20,
+             global_mem_bytes=1 << 34, peak_gflops=200.0, bandwidth_gbs=40.0, launch_us=5.0, source="test")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"latency_ms": -1}, "latency_ms must be a positive number"),
+    ({"latency_ratio": 1.5}, "at most 1"),
+    ({"latency_ms": 3, "latency_ratio": 0.5}, "not both"),
+    ({"max_output_error": 0.1}, "needs at least one of"),
+    ({"params": float("nan")}, "params must be a positive number"),
+])
+def test_bad_budgets_are_typed_errors(kwargs, match):
+    with pytest.raises(BudgetError, match=match):
+        Budget(**kwargs)
+    with pytest.raises(BudgetError, match=r"unknown budget keys \['latency'\]"):
+        Budget.from_dict({"latency": 3})
+
+
+def _c(ms, err, choice="x"):
+    return Candidate(None if choice is None else {"method": "tucker2", "rank": choice}, ms, int(ms * 10), int(ms * 100), err)
+
+
+TABLES = {
+    "a": [_c(10, 0, None), _c(9, 0.0005, 0.75), _c(5, 0.1, 0.25)],
+    "b": [_c(10, 0, None), _c(5, 0.06, 0.5)],
+    "c": [_c(4, 0, None), _c(3, 0.5, 0.5)],
+}
+
+
+def test_allocation_meets_the_limit_at_least_error_and_is_never_worse_than_greedy():
+    fixed = {"ms": 1.0}
+    for limit in (24.0, 20.0, 16.0, 14.0):
+        a = allocate(TABLES, {"ms": limit}, fixed)
+        assert a.totals["ms"] <= limit
+        greedy = _greedy(TABLES, lambda c: c.ms / limit,
+                         lambda p: 1 + sum(c.ms for c in p.values()) <= limit)[1]
+        assert a.error <= sum(c.error for c in greedy.values()) + 1e-12
+    # brute force over the 12 combinations: the allocation is optimal on this table at 20 ms
+    best = min((x.error + y.error + z.error, (x, y, z)) for x in TABLES["a"] for y in TABLES["b"] for z in TABLES["c"]
+               if 1 + x.ms + y.ms + z.ms <= 20)
+    assert allocate(TABLES, {"ms": 20.0}, fixed).error == pytest.approx(best[0])
+
+
+def test_several_limits_hold_together():
+    a = allocate(TABLES, {"ms": 22.0, "params": 190.0})
+    assert a.totals["ms"] <= 22 and a.totals["params"] <= 190
+
+
+def test_impossible_budget_names_the_closest_achievable():
+    with pytest.raises(BudgetError, match=r"closest achievable.*ms 13 \(limit 10\)"):
+        allocate(TABLES, {"ms": 10.0})
+    with pytest.raises(BudgetError, match="limits must be some of"):
+        allocate(TABLES, {"watts": 3.0})
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(64, 64, 1), nn.ReLU())
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.body(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def _budget_row(cm):
+    return next(r for r in cm.report.rows if r.name == "budget")
+
+
+def test_budget_pass_meets_the_predicted_budget_and_its_plan_replays(tmp_path):
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    plan_path = tmp_path / "plan.json"
+    pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.7), "target": CPU,
+                            "plan_path": str(plan_path)}, "fuse"]
+    cm = compiler.compile(model, x, pipeline=pipeline)
+    summary = _budget_row(cm).details[-1]
+    assert summary["after"]["ms"] <= 0.7 * summary["before"]["ms"] * 1.0001
+    assert summary["plan"] and set(summary["plan"]) <= {"body.0", "body.2", "body.4"}  # stem and head kept
+    assert {c["method"] for c in summary["plan"].values()} <= {"tucker2", "svd"}
+    plan = Plan.load(plan_path)
+    assert plan.layers == summary["plan"]
+    replayed = compiler.compile(model, x, pipeline=["cleanup"] + plan.pipeline() + ["fuse"])
+    with torch.no_grad():
+        assert rel_err(cm(x), replayed(x)) < 1e-5  # the same decompositions, from data
+
+
+def test_compile_budget_inserts_the_pass_before_fuse():
+    from compiler.api import with_budget
+
+    names = [p.name for p in with_budget("default", Budget(params=1000))]
+    assert names == ["cleanup", "fold_bn", "budget", "fuse"]
+    with pytest.raises(compiler.PipelineError, match="already has a 'budget' pass"):
+        with_budget([{"name": "budget", "budget": {"params": 10}}], Budget(params=1000))
+
+
+def test_impossible_budget_in_compile_is_a_budget_error():
+    model, x = Net().eval(), torch.randn(1, 3, 16, 16)
+    with pytest.raises(BudgetError, match="closest achievable"):
+        compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "budget": {"params": 100}, "target": CPU}])
+
+
+def test_never_slower_drops_factorizations_the_target_runs_slower():
+    from passes.budget import BudgetPass
+
+    # launches dominate: a 3-kernel Tucker-2 chain is slower than the conv it replaces
+    slow_launch = replace(CPU, launch_us=5000.0)
+    model, x = Net().eval(), torch.randn(1, 3, 16, 16)
+    gm = compiler.compile(model, x, pipeline=["cleanup"]).graph_module
+    p = BudgetPass(budget=Budget(latency_ratio=0.9), target=slow_launch)
+    node = next(n for n in gm.graph.nodes if n.target == "body.2")
+    inp = torch.randn(1, 64, 16, 16)
+    assert [c.choice for c in p._candidates(gm, node, inp, p.cost_model())] == [None]
+    fast = BudgetPass(budget=Budget(latency_ratio=0.9), target=CPU)
+    table = fast._candidates(gm, node, inp, fast.cost_model())
+    assert len(table) > 1 and all(c.ms < table[0].ms and c.error > 0 for c in table[1:])
+
+
+def test_max_output_error_holds_when_measured():
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    loose = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU,
+                                                             "budget": {"latency_ratio": 0.9}}])
+    err = _budget_row(loose).details[-1]["output_rel_err"]
+    assert err > 0
+    tight = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU,
+                                                             "budget": {"latency_ratio": 1.0, "max_output_error": err / 2}}])
+    summary = _budget_row(tight).details[-1]
+    assert summary["output_rel_err"] <= err / 2
+    with torch.no_grad():
+        assert rel_err(model(x), tight(x)) <= err / 2 + 1e-6
