@@ -155,11 +155,24 @@ def test_early_stopping_restores_the_best_epoch():
     val = [(x, (y + 1) % 4)]
     r = finetune(s, teacher, DataLoader(data, batch_size=32, shuffle=True), val,
                  config=FineTune(epochs=8, lr=1e-2, alpha=0.0, patience=2, **QUIET))
-    losses = [h.val_loss for h in r.history]
-    assert r.best_epoch == 1 + int(np.argmin(losses))
-    assert r.stopped_early and len(losses) == r.best_epoch + 2 < 8
+    losses = [r.start_val_loss] + [h.val_loss for h in r.history]  # epoch 0: the starting weights
+    assert r.best_epoch == int(np.argmin(losses))
+    assert r.stopped_early and len(losses) - 1 == r.best_epoch + 2 < 8
     with torch.no_grad():  # the best epoch's weights are back
         assert F.cross_entropy(s(x), (y + 1) % 4).item() == pytest.approx(min(losses), rel=1e-6)
+
+
+def test_starting_weights_are_kept_when_fine_tuning_only_hurts():
+    teacher, data = synthetic()
+    x, y = data.tensors
+    s = student()
+    before = {k: v.clone() for k, v in s.state_dict().items()}
+    # a learning rate that wrecks the weights: every epoch validates worse than the start
+    r = finetune(s, teacher, DataLoader(data, batch_size=32, shuffle=True), [(x, y)],
+                 config=FineTune(epochs=2, lr=50.0, optimizer="sgd", patience=5, **QUIET))
+    assert all(h.val_loss > r.start_val_loss for h in r.history)
+    assert r.best_epoch == 0
+    assert all(torch.equal(before[k], v) for k, v in s.state_dict().items())
 
 
 def test_feature_distillation_pulls_matched_layers_together():

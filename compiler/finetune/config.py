@@ -82,13 +82,16 @@ class EpochStats:
 @dataclass(frozen=True, kw_only=True)
 class FineTuneResult:
     """What ``finetune`` did. The student holds the weights of ``best_epoch`` (the last one without a
-    val loader). ``history`` is empty on ranks other than 0 of a distributed run."""
+    val loader; 0 when no epoch beat the starting weights on validation, which are then restored).
+    ``history`` is empty on ranks other than 0 of a distributed run."""
 
     history: tuple[EpochStats, ...]
     best_epoch: int
     stopped_early: bool
     world_size: int = 1
     rank: int = 0
+    start_val_loss: float | None = None  # the starting weights on the validation data
+    start_val_acc: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,9 @@
 One run: seed, then for each epoch train on every batch (teacher in eval mode, no gradients;
 student in train mode), step a cosine learning-rate schedule per batch, and evaluate on the
 validation loader. The best validation loss keeps an in-memory copy of the student's
-``state_dict``; ``patience`` epochs without improvement stop the run; the best copy is loaded back.
+``state_dict``, the starting weights included (epoch 0: a CP-factorized CNN at 91.09% fell to 81.48%
+after three epochs, and the starting weights must win then); ``patience`` epochs without
+improvement stop the run; the best copy is loaded back.
 Under ``torchrun`` the same loop runs data-parallel (``distributed.py``).
 
 References
@@ -109,6 +111,10 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
 
     history: list[EpochStats] = []
     best_loss, best_epoch, best_state, stale, stopped = math.inf, 0, None, 0, False
+    start_loss = start_acc = None
+    if val_loader is not None:  # the starting weights are a candidate too: fine-tuning must not make them worse
+        start_loss, start_acc = _evaluate(student, teacher, val_loader, taps, config, ctx)
+        best_loss, best_state = start_loss, {k: v.detach().clone() for k, v in student.state_dict().items()}
     shown: dict[str, str] = {}  # the last validation figures, kept on the bar while the next epoch trains
     bar = tqdm(total=steps, desc="fine-tune", unit="batch", disable=not config.progress or ctx.rank != 0)
     with taps, bar:
@@ -156,7 +162,8 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
         student.load_state_dict(best_state)
     opt.zero_grad(set_to_none=True)  # free the gradients; the student is handed back for inference
     return FineTuneResult(history=tuple(history) if ctx.rank == 0 else (), best_epoch=best_epoch,
-                          stopped_early=stopped, world_size=ctx.world, rank=ctx.rank)
+                          stopped_early=stopped, world_size=ctx.world, rank=ctx.rank,
+                          start_val_loss=start_loss, start_val_acc=start_acc)
 
 
 def _objective(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor | None,
