@@ -1,5 +1,5 @@
 """Which kernel family runs a layer: the lowering's decisions as pure functions, shared by the
-OpenCL lowering (``runtime/opencl/ops.py``) and the cost model, so the cost model prices the kernels
+OpenCL lowering (``runtime/opencl/layers.py``) and the cost model, so the cost model prices the kernels
 the runtime really launches. Here, not in the runtime, because imports go from runtime/ to compiler/;
 and no OpenCL here: planning for a device that is not present works too."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ def conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], ...]:
 
 def conv_family(conv: nn.Conv2d) -> str:
     """depthwise -> dwconv.cl; 1x1, stride 1, no padding, ungrouped, more than 16 outputs -> the
-    GEMM (measured in ops.py: as fast or faster there, except at 16 outputs); 3x3, stride 1,
+    GEMM (measured in runtime/opencl/layers.py: as fast or faster there, except at 16 outputs); 3x3, stride 1,
     undilated, ungrouped, at least WINOGRAD_MIN_CHANNELS in and out -> Winograd; else conv.cl."""
     cin, cout, g = conv.in_channels, conv.out_channels, conv.groups
     if g == cin == cout:

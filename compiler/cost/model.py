@@ -42,7 +42,7 @@ def kernels_fingerprint() -> str:
     root = resources.files("runtime.opencl")
     for name in sorted(p.name for p in root.joinpath("kernels").iterdir() if p.name.endswith((".cl", ".h"))):
         h.update(name.encode() + root.joinpath("kernels", name).read_bytes())
-    for name in ("ops.py", "gemm.py"):
+    for name in ("ops.py", "layers.py", "gemm.py"):
         h.update(name.encode() + root.joinpath(name).read_bytes())
     h.update(resources.files(__package__).joinpath("families.py").read_bytes())
     return h.hexdigest()[:16]

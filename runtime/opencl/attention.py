@@ -18,7 +18,8 @@ from torch import nn
 from compiler.ops import Attention
 
 from .lower import Lowering, Value
-from .ops import _linear, eltwise, matmul, rows
+from .layers import linear
+from .ops import eltwise, matmul, rows
 
 
 def _projections(m: nn.Module) -> list[nn.Linear]:
@@ -53,7 +54,7 @@ def lower_attention(lw: Lowering, n: fx.Node, m: nn.Module) -> tuple | None:
     h, d = m.num_heads, m.head_dim
     heads = []
     for i, lin in enumerate(_projections(m)):
-        p = _linear(lw, n, lin, x, None, None)  # (N, L, H*D), contiguous
+        p = linear(lw, n, lin, x, None, None)  # (N, L, H*D), contiguous
         split = lw.new((nb, h, length, d), (0, 1, 2, 3))
         # (N, L, H, D) read as (N, H, L, D): strides of the contiguous projection, dims 1 and 2 swapped
         strides = [length * h * d, d, h * d, 1]
@@ -65,7 +66,7 @@ def lower_attention(lw: Lowering, n: fx.Node, m: nn.Module) -> tuple | None:
     merged = eltwise(lw, n, "x", lw.new((nb, length, h, d), (0, 1, 2, 3)), ctx,
                      a_strides=[h * length * d, d, length * d, 1])
     merged = lw.alias(merged, (nb, length, h * d), (0, 1, 2))
-    y = _linear(lw, n, m.out_proj, merged, None, None)
+    y = linear(lw, n, m.out_proj, merged, None, None)
     if not m.batch_first:
         y = lw.alias(y, (length, nb, y.shape[2]), tuple((1, 0, 2).index(dd) for dd in y.order))
     return (y, None)

@@ -1,8 +1,9 @@
 """``compile(..., target="opencl")``: lower the graph, plan the arena, and run the steps.
 
-The runner uploads the inputs as they are (NCHW; the lowering's first kernels read or copy them to NHWC), enqueues every step back to back
-with one ``finish`` at the end (a synchronised launch costs about 25 us on PoCL, a queued one about
-2 us), and downloads the outputs in their logical layout. Torch-fallback steps synchronise.
+The runner uploads the inputs as they are (NCHW; the lowering's first kernels read or copy them to
+NHWC), enqueues every step back to back with one ``finish`` at the end (a synchronised launch costs
+about 25 us on PoCL, a queued one about 2 us), and downloads the outputs in their logical layout.
+Torch-fallback steps synchronise.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Which handler lowers a node: compute ops go to ``ops.py``; layout ops (views, permutes, cat,
-slices) are handled here, as relabelling where possible and strided copies otherwise."""
+"""Which handler lowers a node: compute ops go to ``ops.py`` (conv and linear to ``layers.py``);
+layout ops (views, permutes, cat, slices) are handled here, as relabelling where possible and
+strided copies otherwise."""
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ from compiler.ops import Attention, FusedOp
 
 from .attention import lower_attention
 from .lower import NHWC, Lowering, Value
+from .layers import module_op
 from .ops import (ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, BINARY, UNARY, _constant, contiguous, eltwise, matmul,
-                  module_op, pool, rows)
+                  pool, rows)
 
 Handler = Callable[[Lowering, fx.Node], Value | None]
 IDENTITY_MODULES = (nn.Identity, nn.Dropout)

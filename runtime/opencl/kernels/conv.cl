@@ -13,7 +13,7 @@
 //        input as the host holds it, so a stem conv reads it without a layout copy: channels are then
 //        H*W apart, and a tap in the padding reads the zeros buffer's first element for every channel).
 //   out  NHWC contiguous, [N, OH, OW, Cout] = row-major [M, Cout]; R the same, read when HAS_RESIDUAL.
-//   Wp   the weight packed by the host (ops.py) into NR-column panels, PPG = ceil(OG / NR) per group,
+//   Wp   the weight packed by the host (layers.py) into NR-column panels, PPG = ceil(OG / NR) per group,
 //        K-major inside a panel with k = (kh*KW + kw)*CG + ci:
 //          Wp[((g*PPG + p)*K + k)*NR + j] = w[g*OG + p*NR + j, ci, kh, kw], zero for p*NR + j >= OG.
 //        One k-step of a panel is NV contiguous float16 vectors: aligned loads, no gathers.
@@ -51,7 +51,7 @@
 //     layers tried. So no copy, no extra arena value, no extra launch.
 //   - Blocking, MR x NR: 4x64 and 6x64 beat 6x32, 8x32 and 4x32 by 0-6% on 3x3 layers and by 10-20%
 //     on the stem (fewer broadcasts per FMA); 8x16 and 12x16 lose 0-10% on 3x3 layers and 60% on
-//     the stem. The host takes NV = 4 unless a group's outputs pad a 64-wide panel badly (ops.py).
+//     the stem. The host takes NV = 4 unless a group's outputs pad a 64-wide panel badly (layers.py).
 //   - Launch grid with panels fastest vs pixel blocks fastest: equal on 3x3 layers; on the stem,
 //     panels fastest was as fast or up to 1.3x faster. Local sizes other than (1, 1) were not better
 //     for gemm.cl, whose blocking this shares (see gemm.py).

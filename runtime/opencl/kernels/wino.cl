@@ -4,7 +4,7 @@
 //   Y = A^T [ (G g G^T) .* (B^T d B) ] A
 // so per tile and channel pair the 36 multiply-adds of the direct form become 16, done as 16
 // independent GEMMs (one per position xi of the 4x4 transformed patch) between the transformed
-// inputs V[xi] [T, C] and the transformed weights U[xi] [C, K] (packed on the host, ops.py):
+// inputs V[xi] [T, C] and the transformed weights U[xi] [C, K] (packed on the host, layers.py):
 //   M[xi] = V[xi] @ U[xi]   (gemm.cl, batched over xi)
 // T = N * TH * TW tiles, TH = ceil(OH / 2), TW = ceil(OW / 2). The transforms here are cheap and
 // memory-bound; the GEMMs carry the arithmetic.
