@@ -92,15 +92,16 @@ def find_cut(gm: fx.GraphModule, batch: int, cache_bytes: int = CACHE_BYTES) -> 
         big_after[i] = max(big_after[i + 1], size[nodes[i]])
     if big_after[0] <= cache_bytes:
         return None
+    live: set[fx.Node] = set()  # tensors made so far that a later node reads: what crosses a cut after i
     for i, n in enumerate(nodes):
+        live = {m for m in live if last_use[m] > i} | ({n} if last_use[n] > i else set())
         if n.op == "placeholder":
             if i != 0:
                 return None
             continue
         if not _batch_local(gm, n, batch):
             return None
-        crossing = [m for m in nodes[:i + 1] if last_use[m] > i]
-        if crossing == [n] and big_after[i] <= cache_bytes:  # the cut tensor fits too
+        if live == {n} and big_after[i] <= cache_bytes:  # the cut tensor fits too
             return n
     return None
 
