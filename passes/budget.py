@@ -89,35 +89,26 @@ class BudgetPass(Pass, name="budget"):
         alloc = allocate(tables, {k: v for k, v in limits.items() if v is not None}, fixed)
         picks = {p: c for p, c in alloc.picks.items() if c.choice is not None}
 
+        considered = {p: _method(gm.get_submodule(p)) for p in tables}
         reference = _run(gm, ctx.example_inputs)
-        while True:
-            plan = Plan(layers={p: dict(c.choice) for p, c in picks.items()},
-                        budget={k: v for k, v in vars(b).items() if v is not None})
-            trial = copy.deepcopy(gm)
-            results = [Factorize(**{k: v for k, v in spec.items() if k != "name"}).run(trial, ctx) for spec in plan.pipeline()]
-            err = _rel_err(reference, _run(trial, ctx.example_inputs))
-            if b.max_output_error is None or err <= b.max_output_error or not picks:
-                break
-            worst = max(picks, key=lambda p: picks[p].error)
-            log.info("budget: output error %.3g > %.3g, keeping '%s'", err, b.max_output_error, worst)
-            picks.pop(worst)
+        if b.max_output_error is not None:
+            picks = self._within_error(gm, ctx, picks, reference)
+        plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
+        results = _apply(plan, gm, ctx)
+        err = _rel_err(reference, _run(gm, ctx.example_inputs))
         if b.max_output_error is not None and err > b.max_output_error:
             raise BudgetError(f"budget: even keeping every layer the output error is {err:.3g} > max_output_error "
                               f"{b.max_output_error}")
-        after = _predicted_ms(trial, cm, ctx)
-        t_after = {"ms": after, "params": sum(p.numel() for p in trial.parameters()),
-                   "macs": sum(node_macs(trial, n) for n in trial.graph.nodes)}
+        t_after = {"ms": _predicted_ms(gm, cm, ctx), "params": sum(p.numel() for p in gm.parameters()),
+                   "macs": sum(node_macs(gm, n) for n in gm.graph.nodes)}
         violated = [k for k, v in limits.items() if v is not None and t_after[k] > v * 1.0001]
         plan.predicted = {"before": {"ms": before, "params": params, "macs": macs}, "after": t_after,
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
                           "allocator": alloc.allocator, "limits": {k: v for k, v in limits.items() if v is not None},
-                          "considered": {p: _method(gm.get_submodule(p)) for p in tables}}
+                          "considered": considered}
         self.plan = plan
         if self.plan_path:
             plan.save(self.plan_path)
-
-        # the same passes on the graph itself (decompositions are deterministic)
-        results = [Factorize(**{k: v for k, v in spec.items() if k != "name"}).run(gm, ctx) for spec in plan.pipeline()]
         details = [d for r in results for d in r.details]
         for d in details:
             d["predicted_ms"] = next((c.ms for c in tables[d["layer"]] if c.choice and c.choice == plan.layers.get(d["layer"])), None)
@@ -125,6 +116,22 @@ class BudgetPass(Pass, name="budget"):
         details.append({"plan": plan.layers, **plan.predicted})
         warnings = [f"budget: the plan misses {k} after applying it ({t_after[k]:.4g} > {limits[k]:.4g})" for k in violated]
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details, warnings=warnings)
+
+    def _within_error(self, gm: fx.GraphModule, ctx: PassContext, picks: dict[str, Candidate],
+                      reference: torch.Tensor) -> dict[str, Candidate]:
+        """``picks`` without the layers whose error proxy is worst, one at a time, until the plan applied
+        to a copy of ``gm`` keeps the measured output error within the budget's bound."""
+        bound = self.budget.max_output_error
+        while picks:
+            trial = copy.deepcopy(gm)
+            _apply(_plan(picks), trial, ctx)
+            err = _rel_err(reference, _run(trial, ctx.example_inputs))
+            if err <= bound:
+                break
+            worst = max(picks, key=lambda p: picks[p].error)
+            log.info("budget: output error %.3g > %.3g, keeping '%s'", err, bound, worst)
+            picks = {p: c for p, c in picks.items() if p != worst}
+        return picks
 
     def _layers(self, gm: fx.GraphModule) -> tuple[list[fx.Node], list[Refusal]]:
         all_layers = [n for n in gm.graph.nodes if n.op == "call_module"
@@ -167,6 +174,15 @@ class BudgetPass(Pass, name="budget"):
                 err = ((chain(x) - ref).norm() / ref.norm().clamp_min(1e-30)).item()
             out.append(Candidate({"method": method, "rank": r}, ms, nparams, macs, err))
         return out
+
+
+def _plan(picks: dict[str, Candidate], budget: dict | None = None) -> Plan:
+    return Plan(layers={p: dict(c.choice) for p, c in picks.items()}, budget=budget or {})
+
+
+def _apply(plan: Plan, gm: fx.GraphModule, ctx: PassContext) -> list[PassResult]:
+    """Run the plan's factorize passes on ``gm``."""
+    return [Factorize(**{k: v for k, v in spec.items() if k != "name"}).run(gm, ctx) for spec in plan.pipeline()]
 
 
 def _predicted_ms(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> float:
