@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import BudgetError
@@ -32,8 +32,8 @@ class Budget:
     max_output_error: float | None = None
 
     def __post_init__(self):
-        for name in ("latency_ms", "latency_ratio", "params", "macs", "max_output_error"):
-            v = getattr(self, name)
+        for f in fields(self):
+            name, v = f.name, getattr(self, f.name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
                 raise BudgetError(f"Budget.{name} must be a positive number or None, got {v!r}")
         if self.latency_ratio is not None and self.latency_ratio > 1:
@@ -47,7 +47,7 @@ class Budget:
     def from_dict(cls, d: dict) -> Budget:
         if isinstance(d, Budget):
             return d
-        known = {"latency_ms", "latency_ratio", "params", "macs", "max_output_error"}
+        known = {f.name for f in fields(cls)}
         bad = sorted(set(d) - known)
         if bad:
             raise BudgetError(f"unknown budget keys {bad}, valid keys are {sorted(known)}")

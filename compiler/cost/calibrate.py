@@ -97,7 +97,6 @@ def default_profile_path(device_name: str) -> Path:
     return cache_dir().parent / "cost" / f"{slug}.json"
 
 
-
 def device_cost_model(profile: str | os.PathLike | None = None) -> CostModel:
     """The cost model of the OpenCL device the runtime uses: calibrated from ``profile`` (default:
     this device's profile under the user cache, see ``default_profile_path``) when one exists, else

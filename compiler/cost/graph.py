@@ -22,8 +22,11 @@ VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, 
 
 @dataclass
 class Prediction:
-    total_ms: float
     steps: list[tuple[str, str, float]] = field(default_factory=list)  # (node, kernel family, ms)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(ms for *_, ms in self.steps)
 
     def by_family(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -50,11 +53,11 @@ def predict_compiled(cm, model: CostModel) -> Prediction:
     nodes = {n.name: n for n in gm.graph.nodes}
     pending: dict[tuple[str, int | None], list[Layer]] = {}
     tiles = (runner.lowered.tiling or {}).get("tiles", 1)
-    pred = Prediction(0.0)
+    pred = Prediction()
     for step in runner.lowered.steps:
         ms = None
         if step.kernel in FAMILIES:
-            key = (step.node, getattr(step, "tile", None))  # a tiled head's step computes one tile's share
+            key = (step.node, step.tile)  # a tiled head's step computes one tile's share
             if key not in pending:
                 layers = _layers_of(gm, nodes[step.node])
                 pending[key] = [replace(x, n=x.n // tiles) for x in layers] if key[1] is not None else layers
@@ -62,16 +65,12 @@ def predict_compiled(cm, model: CostModel) -> Prediction:
             if queue and queue[0].family == step.kernel:
                 ms = model.layer_ms(queue.pop(0))
         if ms is None:
-            moved = sum(v.numel for v in (*step.reads, *step.writes))
-            ms = 4 * moved / (t.bandwidth_gbs * 1e6)
+            ms = _moving_ms(t, sum(v.numel for v in (*step.reads, *step.writes)))
         ms += t.launch_us * 1e-3
         pred.steps.append((step.node, step.kernel, ms))
-    io = sum(v.numel for v in runner.lowered.inputs)
-    io += sum(v.numel for v in runner.lowered.output_values)
-    pred.steps.append(("input/output", "copies", 4 * io / (t.bandwidth_gbs * 1e6)))
-    pred.total_ms = sum(ms for *_, ms in pred.steps)
+    io = sum(v.numel for v in (*runner.lowered.inputs, *runner.lowered.output_values))
+    pred.steps.append(("input/output", "copies", _moving_ms(t, io)))
     return pred
-
 
 
 def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
@@ -80,7 +79,7 @@ def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
     its operands at the target's bandwidth. Not fusion-aware (``predict_compiled`` is); the budget
     pass uses it to price the parts of a model no candidate touches, before and after."""
     t = model.target
-    pred = Prediction(0.0)
+    pred = Prediction()
     for n in gm.graph.nodes:
         if n.op not in ("call_module", "call_function", "call_method") or meta.shape(n) is None:
             continue
@@ -91,8 +90,11 @@ def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
             continue
         if n.op == "call_method" and n.target in VIEWS or n.op == "call_function" and n.target in VIEW_FUNCTIONS:
             continue  # relabelled by the lowering, no kernel
-        moved = sum(torch.Size(meta.shape(a)).numel() for a in n.all_input_nodes if meta.shape(a) is not None)
-        moved += torch.Size(meta.shape(n)).numel()
-        pred.steps.append((n.name, "other", 4 * moved / (t.bandwidth_gbs * 1e6) + t.launch_us * 1e-3))
-    pred.total_ms = sum(ms for *_, ms in pred.steps)
+        moved = sum(torch.Size(meta.shape(a)).numel() for a in (*n.all_input_nodes, n) if meta.shape(a) is not None)
+        pred.steps.append((n.name, "other", _moving_ms(t, moved) + t.launch_us * 1e-3))
     return pred
+
+
+def _moving_ms(t, elements: int) -> float:
+    """Milliseconds to move ``elements`` float32 values once at the target's bandwidth."""
+    return 4 * elements / (t.bandwidth_gbs * 1e6)
