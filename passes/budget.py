@@ -32,6 +32,7 @@ from compiler.cost.allocate import Candidate, allocate
 from compiler.cost.graph import predict_graph
 from compiler.errors import BudgetError, PipelineError
 from compiler.graph import call_counts
+from compiler.instruments import output_error
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 from compiler.target import Target
@@ -118,7 +119,7 @@ class BudgetPass(Pass, name="budget"):
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details, warnings=warnings)
 
     def _within_error(self, gm: fx.GraphModule, ctx: PassContext, picks: dict[str, Candidate],
-                      reference: torch.Tensor) -> dict[str, Candidate]:
+                      reference) -> dict[str, Candidate]:
         """``picks`` without the layers whose error proxy is worst, one at a time, until the plan applied
         to a copy of ``gm`` keeps the measured output error within the budget's bound."""
         bound = self.budget.max_output_error
@@ -134,18 +135,18 @@ class BudgetPass(Pass, name="budget"):
         return picks
 
     def _layers(self, gm: fx.GraphModule) -> tuple[list[fx.Node], list[Refusal]]:
+        """The layers to price: those ``factorize`` with each layer's method would take (its own rules:
+        first / last, shared weights, grouped or depthwise), so every plan replays as factorize passes."""
         all_layers = [n for n in gm.graph.nodes if n.op == "call_module"
                       and type(gm.get_submodule(n.target)) in (nn.Conv2d, nn.Linear)]
         calls = call_counts(gm)
         out, refusals = [], []
         for i, n in enumerate(all_layers):
-            m = gm.get_submodule(n.target)
-            if (self.skip_first and i == 0) or (self.skip_last and i == len(all_layers) - 1):
-                refusals.append(Refusal(n.name, "kept: first or last layer (skip_first / skip_last)"))
-            elif calls[n.target] > 1:
-                refusals.append(Refusal(n.name, f"kept: module called {calls[n.target]} times (shared weights)"))
-            elif isinstance(m, nn.Conv2d) and m.groups > 1:
-                refusals.append(Refusal(n.name, "kept: grouped or depthwise conv"))
+            rule = Factorize(method=_method(gm.get_submodule(n.target)), skip_first=self.skip_first,
+                             skip_last=self.skip_last)
+            _, reason = rule._choose(gm, n, i, len(all_layers), calls, set())
+            if reason:
+                refusals.append(Refusal(n.name, f"kept: {reason}"))
             else:
                 out.append(n)
         return out, refusals
@@ -205,11 +206,11 @@ def _price(cm: CostModel, m: nn.Module, shape) -> tuple[float, int]:
     return cm.layers_ms(layers) + len(layers) * cm.target.launch_us * 1e-3, sum(x.macs for x in layers)
 
 
-def _run(gm: fx.GraphModule, inputs) -> torch.Tensor:
+def _run(gm: fx.GraphModule, inputs):
     with torch.no_grad():
-        y = gm(*inputs)
-    return y[0] if isinstance(y, (tuple, list)) else y
+        return gm(*inputs)
 
 
-def _rel_err(ref: torch.Tensor, y: torch.Tensor) -> float:
-    return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+def _rel_err(reference, outputs) -> float:
+    """The report's relative output error (``compiler.instruments.output_error``)."""
+    return output_error(reference, outputs)[1]
