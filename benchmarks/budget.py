@@ -28,19 +28,18 @@ from _timing import blocked_median_ms, markdown_table  # noqa: E402  (also unsha
 
 import compiler  # noqa: E402
 from compiler import Budget, Plan, zoo  # noqa: E402
-from compiler.analysis import node_macs  # noqa: E402
+from compiler.analysis import count_macs  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
+from compiler.instruments import output_error  # noqa: E402
 
 
 def _macs(cm) -> int:
-    gm = cm.graph_module
-    return sum(node_macs(gm, n) for n in gm.graph.nodes)
+    return count_macs(cm.graph_module)
 
 
 def _err(model, cm, x) -> float:
     with torch.no_grad():
-        ref, y = model(x), cm(x)
-    return ((y - ref).abs().max() / ref.abs().max()).item()
+        return output_error(model(x), cm(x))[1]
 
 
 def uniform_like(model, x, candidates: dict[str, str], target_macs: int):

@@ -25,7 +25,7 @@ Every (model, ratio, tool) runs in a fresh subprocess (2 torch threads, address 
   peak RSS     the process's peak resident set (VmHWM) during the pruning call, reset just before it
                through /proc/self/clear_refs, and its rise over the RSS at the start of the call.
   params/MACs  before and after, counted identically for both tools: ``compiler.trace`` (fx trace +
-               shape propagation) of the model, then ``compiler.analysis.count_params`` and the sum of
+               shape propagation) of the model, then ``compiler.analysis.count_params`` and ``count_macs``, the sum of
                ``node_macs`` (conv, linear, matmul, multi-head attention; see compiler/analysis.py).
   output ok    the pruned model runs on the example input, its output has the original's shape and
                is finite.
@@ -61,7 +61,7 @@ from _timing import markdown_table, median_ms  # noqa: E402
 
 import compiler  # noqa: E402
 from compiler import zoo  # noqa: E402
-from compiler.analysis import count_params, node_macs  # noqa: E402
+from compiler.analysis import count_macs, count_params  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 
 INSTALL = ".venv/bin/pip install -c constraints.txt torch-pruning==1.6.1"
@@ -87,7 +87,7 @@ def describe(e: BaseException) -> str:
 def cost(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """(params, MACs) by our counter, on an fx trace of ``model``."""
     gm = compiler.trace(model, x)
-    return count_params(gm), sum(node_macs(gm, n) for n in gm.graph.nodes)
+    return count_params(gm), count_macs(gm)
 
 
 def head_modules(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:

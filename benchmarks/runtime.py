@@ -45,7 +45,8 @@ MODELS = {"resnet18": ("resnet18", "default"), "mobilenet_v2": ("mobilenet_v2", 
           "resnet18 pruned+tucker2": ("resnet18", COMPRESSED)}
 
 
-COMPUTE = ("conv", "conv 1x1 (gemm)", "dwconv", "gemm", "winograd")  # kernel families that do a node's MACs (Winograd: its GEMMs, counted at the direct MACs)
+# Kernel families that do a node's MACs (Winograd: its GEMMs, credited with the direct conv's MACs).
+COMPUTE = ("conv", "conv 1x1 (gemm)", "dwconv", "gemm", "winograd")
 
 
 def family_gflops(cm, prof: dict[str, float]) -> dict[str, float]:

@@ -116,6 +116,11 @@ def count_params(gm: nn.Module) -> int:
     return sum(p.numel() for p in gm.parameters())
 
 
+def count_macs(gm: fx.GraphModule) -> int:
+    """MACs of the whole graph; needs shapes."""
+    return sum(node_macs(gm, n) for n in gm.graph.nodes)
+
+
 class Analyses:
     """Lazily computed, cached analyses of one GraphModule.
 
@@ -145,7 +150,7 @@ class Analyses:
     def macs(self) -> int:
         def compute():
             self.shapes()
-            return sum(node_macs(self.gm, n) for n in self.gm.graph.nodes)
+            return count_macs(self.gm)
 
         return self._get("macs", compute)
 

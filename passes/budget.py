@@ -25,7 +25,7 @@ import torch.fx as fx
 from torch import nn
 from tqdm.auto import tqdm
 
-from compiler.analysis import node_macs
+from compiler.analysis import count_macs, count_params
 from compiler.budget import Budget, Plan
 from compiler.cost import CostModel, module_layers
 from compiler.cost.allocate import Candidate, allocate
@@ -79,8 +79,7 @@ class BudgetPass(Pass, name="budget"):
         for n in tqdm(nodes, desc="budget: candidates", disable=not self.progress, leave=False):
             tables[n.target] = self._candidates(gm, n, inputs[n.name], cm)
         before = _predicted_ms(gm, cm, ctx)
-        params = sum(p.numel() for p in gm.parameters())
-        macs = sum(node_macs(gm, n) for n in gm.graph.nodes)
+        params, macs = count_params(gm), count_macs(gm)
         fixed = {"ms": before - sum(t[0].ms for t in tables.values()),
                  "params": params - sum(t[0].params for t in tables.values()),
                  "macs": macs - sum(t[0].macs for t in tables.values())}
@@ -100,8 +99,7 @@ class BudgetPass(Pass, name="budget"):
         if b.max_output_error is not None and err > b.max_output_error:
             raise BudgetError(f"budget: even keeping every layer the output error is {err:.3g} > max_output_error "
                               f"{b.max_output_error}")
-        t_after = {"ms": _predicted_ms(gm, cm, ctx), "params": sum(p.numel() for p in gm.parameters()),
-                   "macs": sum(node_macs(gm, n) for n in gm.graph.nodes)}
+        t_after = {"ms": _predicted_ms(gm, cm, ctx), "params": count_params(gm), "macs": count_macs(gm)}
         violated = [k for k, v in limits.items() if v is not None and t_after[k] > v * 1.0001]
         plan.predicted = {"before": {"ms": before, "params": params, "macs": macs}, "after": t_after,
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
@@ -155,7 +153,7 @@ class BudgetPass(Pass, name="budget"):
         layer = gm.get_submodule(n.target)
         shape = tuple(x.shape)
         keep = _price(cm, layer, shape)
-        out = [Candidate(None, keep[0], sum(p.numel() for p in layer.parameters()), keep[1])]
+        out = [Candidate(None, keep[0], count_params(layer), keep[1])]
         linear = isinstance(layer, nn.Linear)
         method = _method(layer)
         m = METHODS[(method, "linear" if linear else "conv")]

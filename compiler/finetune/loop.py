@@ -114,7 +114,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     start_loss = start_acc = None
     if val_loader is not None:  # the starting weights are a candidate too: fine-tuning must not make them worse
         start_loss, start_acc = _evaluate(student, teacher, val_loader, taps, config, ctx)
-        best_loss, best_state = start_loss, {k: v.detach().clone() for k, v in student.state_dict().items()}
+        best_loss, best_state = start_loss, _snapshot(student)
     shown: dict[str, str] = {}  # the last validation figures, kept on the bar while the next epoch trains
     bar = tqdm(total=steps, desc="fine-tune", unit="batch", disable=not config.progress or ctx.rank != 0)
     with taps, bar:
@@ -150,7 +150,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
                 best_epoch = epoch
             elif val_loss < best_loss:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+                best_state = _snapshot(student)
             else:
                 stale += 1
                 if stale >= config.patience:
@@ -164,6 +164,11 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     return FineTuneResult(history=tuple(history) if ctx.rank == 0 else (), best_epoch=best_epoch,
                           stopped_early=stopped, world_size=ctx.world, rank=ctx.rank,
                           start_val_loss=start_loss, start_val_acc=start_acc)
+
+
+def _snapshot(student: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the student's weights, for the best-epoch restore."""
+    return {k: v.detach().clone() for k, v in student.state_dict().items()}
 
 
 def _objective(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor | None,
