@@ -11,8 +11,9 @@ when the kernels change). Held out, never sampled by the calibration:
                model orders them as the device does.
 
   models       ResNet-18 and MobileNetV2, original, pruned (0.3) and Tucker-2 factorized (0.5), at
-               224x224 batch 8 and batch 1: the whole compiled model's wall time (median of blocks),
-               against ``compiler.cost.predict_compiled`` over the runtime's real launch list.
+               224x224 batch 8 and batch 1: the whole compiled model's wall time (``wall_ms``: the
+               least of 4 block medians, as the calibration times its random networks), against
+               ``compiler.cost.predict_compiled`` over the runtime's real launch list.
 
 For each: the share of predictions within +-10% of the measured time, the median absolute error,
 calibrated and analytic (roofline only), and rho. Layers: measured = least kernel time over repeats.
@@ -31,14 +32,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import blocked_median_ms, markdown_table  # noqa: E402  (also unshadows the runtime package)
+from _timing import markdown_table  # noqa: E402  (also unshadows the runtime package)
 
 from scipy.stats import spearmanr  # noqa: E402
 
 import compiler  # noqa: E402
 from compiler import zoo  # noqa: E402
 from compiler.cost import (CostModel, Profile, analytic_ms, calibrate, default_profile_path, measure_ms,  # noqa: E402
-                           predict_compiled)
+                           predict_compiled, wall_ms)
 from compiler.errors import CalibrationError  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from runtime.opencl import open_device  # noqa: E402
@@ -156,8 +157,7 @@ def main() -> None:
             for batch in ((8,) if args.quick else (8, 1)):
                 x = torch.randn(batch, 3, 224, 224)
                 cm = compiler.compile(net, x, pipeline=pipeline, target="opencl")
-                measured = blocked_median_ms({"opencl": lambda: cm(x)}, rounds=3, per_block=repeats,
-                                             settle_s=0.1)["opencl"]
+                measured = wall_ms(lambda: cm(x), per_block=repeats)
                 predicted = predict_compiled(cm, model).total_ms
                 pairs.append((predicted, measured))
                 model_results.append({"model": arch + suffix, "batch": batch, "measured_ms": measured,

@@ -27,9 +27,8 @@ from tqdm.auto import tqdm
 
 from compiler.analysis import count_macs, count_params
 from compiler.budget import Budget, Plan
-from compiler.cost import CostModel, module_layers
+from compiler.cost import CostModel, Work, module_layers, predict_graph
 from compiler.cost.allocate import Candidate, allocate
-from compiler.cost.graph import predict_graph
 from compiler.errors import BudgetError, PipelineError
 from compiler.graph import call_counts
 from compiler.instruments import output_error
@@ -201,7 +200,7 @@ def _method(layer: nn.Module) -> str:
 
 def _price(cm: CostModel, m: nn.Module, shape) -> tuple[float, int]:
     layers, _ = module_layers(m, shape)
-    return cm.layers_ms(layers) + len(layers) * cm.target.launch_us * 1e-3, sum(x.macs for x in layers)
+    return sum(cm.launch_ms(Work("", x.family, x)) for x in layers), sum(x.macs for x in layers)
 
 
 def _run(gm: fx.GraphModule, inputs):

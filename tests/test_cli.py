@@ -89,9 +89,11 @@ def test_calibrate_writes_a_profile_the_cost_model_loads(tmp_path, capsys):
     except Exception as e:  # noqa: BLE001 - no OpenCL device here
         pytest.skip(f"no OpenCL device: {e}")
     out = tmp_path / "profile.json"
-    assert main(["calibrate", "--per-family", "1", "-o", str(out), "--no-progress"]) == 0
+    assert main(["calibrate", "--per-family", "1", "--networks", "4", "-o", str(out), "--no-progress"]) == 0
     assert str(out) in capsys.readouterr().out
     profile = Profile.load(out, device=name)
     assert sorted(layer.family for layer, _ in profile.samples) == sorted(FAMILIES)
     assert all(ms > 0 for _, ms in profile.samples)
-    CostModel(profile.target, profile)
+    assert len(profile.networks) == 4 and all(ms > 0 and len(work) > 3 for work, ms in profile.networks)
+    model = CostModel(profile.target, profile)  # four networks: the composition is fitted
+    assert model.scale > 0 and model.step_us >= 0 and model.call_ms >= 0

@@ -63,13 +63,15 @@ def test_roofline_is_compute_or_memory_bound():
     assert times == sorted(times) and times[0] < times[-1]
 
 
-def _synthetic(a: float, b: float) -> list[tuple[Layer, float]]:
-    """Samples whose time is exactly the roofline times exp(a + b * log MACs)."""
+def _synthetic(a: float, b: float, overhead_ms: float = 0.0) -> list[tuple[Layer, float]]:
+    """Samples whose time is exactly an overhead plus the roofline times exp(a + b * log MACs), the
+    MACs as the kernel blocks them."""
     out = []
     for cin, cout, hw in [(16, 32, 56), (32, 64, 28), (64, 64, 14), (128, 256, 14), (24, 48, 56), (256, 512, 7),
-                          (48, 96, 28), (96, 96, 14), (200, 100, 7), (12, 300, 28), (40, 80, 56), (320, 64, 7)]:
+                          (48, 96, 28), (96, 96, 14), (200, 100, 7), (12, 300, 28), (40, 80, 56), (320, 64, 7),
+                          (16, 200, 14), (100, 24, 28), (8, 64, 56), (72, 36, 14)]:
         ly = conv_layer(nn.Conv2d(cin, cout, 3, 1, 1), (8, cin, hw, hw))
-        out.append((ly, analytic_ms(ly, CPU) * math.exp(a + b * math.log(ly.macs))))
+        out.append((ly, overhead_ms + analytic_ms(ly, CPU) * math.exp(a + b * math.log(ly.blocking.macs))))
     return out
 
 
@@ -79,11 +81,23 @@ def test_calibrated_fit_recovers_a_known_correction():
     for ly, ms in samples:
         assert model.layer_ms(ly) == pytest.approx(ms, rel=1e-2)
     held_out = conv_layer(nn.Conv2d(80, 160, 3, 1, 1), (8, 80, 28, 28))
-    truth = analytic_ms(held_out, CPU) * math.exp(1.5 - 0.05 * math.log(held_out.macs))
+    truth = analytic_ms(held_out, CPU) * math.exp(1.5 - 0.05 * math.log(held_out.blocking.macs))
     assert model.layer_ms(held_out) == pytest.approx(truth, rel=2e-2)
     assert CostModel(CPU).layer_ms(held_out) == pytest.approx(analytic_ms(held_out, CPU))  # uncalibrated
     few = CostModel(CPU, Profile(device="test", target=CPU, samples=samples[:3]))  # a constant correction only
-    assert few.fits["conv"][1:].tolist() == [0.0] * (len(few.fits["conv"]) - 1)
+    assert few.fits["conv"].w[1:].tolist() == [0.0] * (len(few.fits["conv"].w) - 1)
+
+
+def test_fit_finds_the_fixed_overhead_and_drops_a_slowed_measurement():
+    samples = _synthetic(0.3, 0.0, overhead_ms=0.002)
+    layer, ms = samples[4]
+    samples[4] = (layer, 2 * ms)  # a neighbour held a core through this one's measurement
+    model = CostModel(CPU, Profile(device="test", target=CPU, samples=samples))
+    fit = model.fits["conv"]
+    assert fit.overhead_ms == 0.002 and fit.dropped == 1
+    assert model.layer_ms(layer) == pytest.approx(ms, rel=1e-2)  # the truth, not the outlier
+    for ly, t in samples[:4] + samples[5:]:
+        assert model.layer_ms(ly) == pytest.approx(t, rel=1e-2)
 
 
 def test_profile_round_trip_and_typed_errors(tmp_path):

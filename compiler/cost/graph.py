@@ -1,11 +1,12 @@
 """Whole-model prediction, fusion-aware: price the kernel launches the OpenCL runtime's lowering
-really made for a compiled model (its step list), not the graph's ops. Compute steps are priced by
-the calibrated layer model; the others (layout copies, elementwise, pooling, softmax) move their
-operands once at the target's bandwidth; every launch adds the target's launch cost; the input's
-upload and the output's download are copies too."""
+really made for a compiled model (its step list), not the graph's ops. Each launch becomes a
+``Work``: a layer for the calibrated layer model, or the elements a copy, elementwise, pooling or
+softmax kernel moves; the input's upload and the output's download are one more. ``CostModel.predict``
+turns a list of them into milliseconds (kernel times composed with the per-launch and per-call
+costs it calibrated on whole networks)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.fx as fx
@@ -13,26 +14,12 @@ import torch.fx as fx
 from .. import meta
 from .families import FAMILIES
 from .layers import Layer, module_layers
-from .model import CostModel
-
+from .model import CostModel, Prediction, Work
 
 VIEWS = {"view", "reshape", "flatten", "permute", "transpose", "size", "contiguous", "squeeze", "unsqueeze"}
 VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze}
 
-
-@dataclass
-class Prediction:
-    steps: list[tuple[str, str, float]] = field(default_factory=list)  # (node, kernel family, ms)
-
-    @property
-    def total_ms(self) -> float:
-        return sum(ms for *_, ms in self.steps)
-
-    def by_family(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for _, family, ms in self.steps:
-            out[family] = out.get(family, 0.0) + ms
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+__all__ = ["Prediction", "Work", "compiled_work", "graph_work", "predict_compiled", "predict_graph"]
 
 
 def _layers_of(gm: fx.GraphModule, n: fx.Node) -> list[Layer]:
@@ -44,18 +31,19 @@ def _layers_of(gm: fx.GraphModule, n: fx.Node) -> list[Layer]:
         return []
 
 
-def predict_compiled(cm, model: CostModel) -> Prediction:
-    """Predicted latency of ``cm``, a model compiled with ``target="opencl"``."""
+def compiled_work(cm) -> list[Work]:
+    """The launches of ``cm``, a model compiled with ``target="opencl"``, as the cost model prices
+    them, plus the input upload and output download."""
     runner = getattr(cm, "_runner", None)
     if runner is None or not hasattr(runner, "lowered"):
         raise TypeError(f"predict_compiled needs a model compiled for target 'opencl', got target {cm.target!r}")
-    gm, t = cm.graph_module, model.target
+    gm = cm.graph_module
     nodes = {n.name: n for n in gm.graph.nodes}
     pending: dict[tuple[str, int | None], list[Layer]] = {}
     tiles = (runner.lowered.tiling or {}).get("tiles", 1)
-    pred = Prediction()
+    out = []
     for step in runner.lowered.steps:
-        ms = None
+        layer = None
         if step.kernel in FAMILIES:
             key = (step.node, step.tile)  # a tiled head's step computes one tile's share
             if key not in pending:
@@ -63,38 +51,37 @@ def predict_compiled(cm, model: CostModel) -> Prediction:
                 pending[key] = [replace(x, n=x.n // tiles) for x in layers] if key[1] is not None else layers
             queue = pending[key]
             if queue and queue[0].family == step.kernel:
-                ms = model.layer_ms(queue.pop(0))
-        if ms is None:
-            ms = _moving_ms(t, sum(v.numel for v in (*step.reads, *step.writes)))
-        ms += t.launch_us * 1e-3
-        pred.steps.append((step.node, step.kernel, ms))
+                layer = queue.pop(0)
+        out.append(Work(step.node, step.kernel, layer, 0 if layer else sum(v.numel for v in (*step.reads, *step.writes))))
     io = sum(v.numel for v in (*runner.lowered.inputs, *runner.lowered.output_values))
-    pred.steps.append(("input/output", "copies", _moving_ms(t, io)))
-    return pred
+    out.append(Work("input/output", "copies", None, io))
+    return out
 
 
-def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
-    """Predicted latency of an fx graph before lowering, offline (no device needed): conv and linear
-    modules (and factorize's chains) by the layer model, every other tensor op as one launch moving
-    its operands at the target's bandwidth. Not fusion-aware (``predict_compiled`` is); the budget
-    pass uses it to price the parts of a model no candidate touches, before and after."""
-    t = model.target
-    pred = Prediction()
+def predict_compiled(cm, model: CostModel) -> Prediction:
+    """Predicted latency of ``cm``, a model compiled with ``target="opencl"``."""
+    return model.predict(compiled_work(cm))
+
+
+def graph_work(gm: fx.GraphModule) -> list[Work]:
+    """The work of an fx graph before lowering: conv and linear modules (and factorize's chains) as
+    layers, every other tensor op as one launch moving its operands, views as nothing."""
+    out = []
     for n in gm.graph.nodes:
         if n.op not in ("call_module", "call_function", "call_method") or meta.shape(n) is None:
             continue
         layers = _layers_of(gm, n)
         if layers:
-            for layer in layers:
-                pred.steps.append((n.name, layer.family, model.layer_ms(layer) + t.launch_us * 1e-3))
+            out += [Work(n.name, layer.family, layer) for layer in layers]
             continue
         if n.op == "call_method" and n.target in VIEWS or n.op == "call_function" and n.target in VIEW_FUNCTIONS:
             continue  # relabelled by the lowering, no kernel
         moved = sum(torch.Size(meta.shape(a)).numel() for a in (*n.all_input_nodes, n) if meta.shape(a) is not None)
-        pred.steps.append((n.name, "other", _moving_ms(t, moved) + t.launch_us * 1e-3))
-    return pred
+        out.append(Work(n.name, "other", None, moved))
+    return out
 
 
-def _moving_ms(t, elements: int) -> float:
-    """Milliseconds to move ``elements`` float32 values once at the target's bandwidth."""
-    return 4 * elements / (t.bandwidth_gbs * 1e6)
+def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
+    """Predicted latency of an fx graph before lowering, offline (no device needed). Not
+    fusion-aware (``predict_compiled`` is): the budget pass runs the ``fuse`` pass on a copy first."""
+    return model.predict(graph_work(gm))

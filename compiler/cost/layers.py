@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from torch import nn
 
-from .families import GEMM, conv_family, conv_geometry
+from .families import CONV_1X1, DWCONV, GEMM, GEMM_NR, WINOGRAD, channel_blocks, conv_family, conv_geometry, conv_panels, gemm_rows
 
 from ..errors import InputError
 from ..ops import FusedOp
+
+
+class Blocking(NamedTuple):
+    """What a layer's kernel really computes, with its blocking's padding (``families``' rules)."""
+    macs: int   # multiply-adds, padded channels, pixels and rows included (Winograd: its 16 GEMMs)
+    items: int  # work-items launched
+    block: int  # outputs one work-item computes
+
+
+def _up(x: int, m: int) -> int:
+    return -(-x // m) * m
 
 
 @dataclass(frozen=True)
@@ -40,12 +52,33 @@ class Layer:
         weight = self.cout * (self.cin // self.groups) * self.kh * self.kw
         return 4 * (self.n * self.h * self.w * self.cin + self.n * self.oh * self.ow * self.cout + weight)
 
+    @property
+    def blocking(self) -> Blocking:
+        m, cg, og = self.n * self.oh * self.ow, self.cin // self.groups, self.cout // self.groups
+        if self.family in (GEMM, CONV_1X1):
+            mr = gemm_rows(m)
+            return Blocking(_up(m, mr) * _up(self.cout, GEMM_NR) * self.cin, -(-m // mr) * -(-self.cout // GEMM_NR),
+                            mr * GEMM_NR)
+        if self.family == WINOGRAD:  # F(2x2, 3x3): 16 GEMMs over the 2x2 output tiles
+            tiles = self.n * -(-self.oh // 2) * -(-self.ow // 2)
+            mr = gemm_rows(tiles)
+            return Blocking(16 * _up(tiles, mr) * _up(self.cout, GEMM_NR) * self.cin,
+                            16 * -(-tiles // mr) * -(-self.cout // GEMM_NR), mr * GEMM_NR)
+        if self.family == DWCONV:
+            vc, px = channel_blocks(self.cin, self.ow, self.kw, self.stride)
+            return Blocking(self.n * self.oh * _up(self.ow, px) * _up(self.cin, vc) * self.kh * self.kw,
+                            self.n * self.oh * -(-self.ow // px) * -(-self.cin // vc), vc * px)
+        nv, mr = conv_panels(og)
+        return Blocking(self.groups * _up(og, 16 * nv) * _up(m, mr) * self.kh * self.kw * cg,
+                        self.groups * -(-og // (16 * nv)) * -(-m // mr), 16 * nv * mr)
+
     def features(self) -> list[float]:
-        """Regressors of the calibrated correction (see ``model.py``): logs of the sizes that set
-        how well a blocked kernel fills its blocks, and of the work."""
-        m = self.n * self.oh * self.ow
-        return [1.0, math.log(self.macs), math.log(self.bytes), math.log(m), math.log(self.cin // self.groups),
-                math.log(self.cout // self.groups), float(self.kh * self.kw), float(self.stride)]
+        """Regressors of the calibrated correction (see ``model.py``): logs of the work as the kernel
+        blocks it, of the bytes, the work-items and the block each computes, and of the sizes."""
+        b = self.blocking
+        return [1.0, math.log(b.macs), math.log(self.bytes), math.log(b.items), math.log(b.block),
+                math.log(self.cin // self.groups), math.log(self.cout // self.groups), float(self.kh * self.kw),
+                float(self.stride)]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,14 @@ by a calibration profile measured on the device.
 
 Analytic: ``max(2 * MACs / peak, bytes / bandwidth)``, with the target's peak and bandwidth
 (``compiler.target.Target``, measured by ``runtime.opencl.probe`` or a spec sheet). This is kernel
-time, as OpenCL profiling events measure it; a whole model adds the target's ``launch_us`` per launch.
+time, as OpenCL profiling events measure it.
+
+Whole models: ``ms = call_ms + sum over launches of (scale * kernel ms + step_us)``. Uncalibrated,
+scale is 1, step_us the target's ``launch_us`` and call_ms 0. Calibrated, the three are fitted
+(least squares on relative error) to random whole networks the calibration timed end to end
+(``Profile.networks``): in a run, PoCL starts each kernel some microseconds after the last one
+ends, and back-to-back kernels find other layers' data in the caches, which one layer timed
+alone does not show.
 
 Calibrated: per kernel family, ``log(measured / analytic)`` is fitted as a linear function of the
 layer's log-size features (``Layer.features``) by ridge regression whose strength is chosen by
@@ -29,10 +36,9 @@ import numpy as np
 from ..errors import CalibrationError
 from ..fileio import write_text_atomic
 from ..target import Target
-from .families import WINOGRAD
 from .layers import Layer
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 
 
 def kernels_fingerprint() -> str:
@@ -48,18 +54,55 @@ def kernels_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Work:
+    """What one launch does, as the cost model prices it: a layer's kernel, or ``elements`` float32
+    values moved once (copies, elementwise, pooling)."""
+    node: str
+    kernel: str
+    layer: Layer | None = None
+    elements: int = 0
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "kernel": self.kernel, "elements": self.elements,
+                "layer": self.layer.to_dict() if self.layer else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Work:
+        return cls(d["node"], d["kernel"], Layer(**d["layer"]) if d["layer"] else None, int(d["elements"]))
+
+
+@dataclass
+class Prediction:
+    steps: list[tuple[str, str, float]] = field(default_factory=list)  # (node, kernel family, ms)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(ms for *_, ms in self.steps)
+
+    def by_family(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for _, family, ms in self.steps:
+            out[family] = out.get(family, 0.0) + ms
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 @dataclass
 class Profile:
-    """Calibration samples of one device: (layer, measured kernel ms) pairs, JSON on disk."""
+    """Calibration samples of one device, JSON on disk: (layer, measured kernel ms) pairs, and
+    (a whole network's launches, its measured wall ms) pairs."""
     device: str
     target: Target
     samples: list[tuple[Layer, float]] = field(default_factory=list)
+    networks: list[tuple[list[Work], float]] = field(default_factory=list)
     kernels: str = field(default_factory=kernels_fingerprint)
 
     def to_json(self) -> str:
         return json.dumps({"version": PROFILE_VERSION, "device": self.device, "kernels": self.kernels,
                            "target": self.target.to_dict(),
-                           "samples": [{"layer": layer.to_dict(), "ms": ms} for layer, ms in self.samples]}, indent=1)
+                           "samples": [{"layer": layer.to_dict(), "ms": ms} for layer, ms in self.samples],
+                           "networks": [{"work": [w.to_dict() for w in work], "ms": ms} for work, ms in self.networks]},
+                          indent=1)
 
     def save(self, path: str | os.PathLike) -> Path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +119,8 @@ class Profile:
                 raise CalibrationError(f"calibration profile {path} has version {d.get('version')!r}, "
                                        f"this fxcompress reads version {PROFILE_VERSION}; {hint}")
             prof = cls(device=d["device"], target=Target(**d["target"]), kernels=d["kernels"],
-                       samples=[(Layer(**s["layer"]), float(s["ms"])) for s in d["samples"]])
+                       samples=[(Layer(**s["layer"]), float(s["ms"])) for s in d["samples"]],
+                       networks=[([Work.from_dict(w) for w in s["work"]], float(s["ms"])) for s in d["networks"]])
         except FileNotFoundError:
             raise CalibrationError(f"no calibration profile at {path}; {hint}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -90,15 +134,49 @@ class Profile:
 
 
 def analytic_ms(layer: Layer, target: Target) -> float:
-    """Roofline kernel time: compute- or memory-bound. Winograd F(2x2, 3x3) does 16 multiply-adds
-    per 2x2 output tile where the direct form does 36, over outputs padded to even sizes."""
-    macs = layer.macs
-    if layer.family == WINOGRAD:
-        macs = macs * 16 / 36 * (2 * -(-layer.oh // 2)) * (2 * -(-layer.ow // 2)) / (layer.oh * layer.ow)
-    return max(2 * macs / (target.peak_gflops * 1e6), layer.bytes / (target.bandwidth_gbs * 1e6))
+    """Roofline kernel time: compute- or memory-bound, over the multiply-adds the kernel's blocking
+    really does (``Layer.blocking``: padded channels and rows; Winograd F(2x2, 3x3) does 16 per 2x2
+    output tile where the direct form does 36)."""
+    return max(2 * layer.blocking.macs / (target.peak_gflops * 1e6), layer.bytes / (target.bandwidth_gbs * 1e6))
 
 
 ALPHAS = tuple(10.0 ** k for k in range(-6, 4))  # ridge strengths tried by leave-one-out
+OVERHEADS_MS = (0.0, 0.001, 0.002, 0.004)  # fixed kernel time tried by leave-one-out (PoCL's dispatch)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One kernel family's correction: ``ms = overhead_ms + analytic * exp(w . features)``."""
+    overhead_ms: float
+    w: np.ndarray
+    dropped: int = 0  # samples left out as outliers (a measurement a neighbour process slowed)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge fit of y on x (x[:, 0] the constant, unpenalised, the rest standardised), its strength
+    chosen by exact leave-one-out error among ALPHAS and "constant only". Returns the weights and
+    the leave-one-out residuals. Plain least squares over the collinear log features overfit 20
+    samples per family: held-out zoo layers came out worse than the uncalibrated roofline."""
+    n = len(y)
+    w = np.zeros(x.shape[1])
+    w[0] = y.mean()
+    yc = y - y.mean()
+    best = (yc * n / max(n - 1, 1), None)  # leave-one-out residuals of the constant (one sample: none)
+    if n >= x.shape[1] + 2:  # else too few for the slopes: a constant correction only
+        z = x[:, 1:]
+        mu, sd = z.mean(axis=0), z.std(axis=0)
+        sd[sd < 1e-12] = 1.0
+        zs = (z - mu) / sd
+        for alpha in ALPHAS:
+            a = np.linalg.solve(zs.T @ zs + alpha * np.eye(zs.shape[1]), zs.T)
+            hat = zs @ a + 1.0 / n
+            loo = (yc - zs @ (a @ yc)) / np.clip(1.0 - np.diag(hat), 1e-9, None)
+            if float(np.mean(loo ** 2)) < float(np.mean(best[0] ** 2)):
+                best = (loo, (a @ yc) / sd, mu)
+    if best[1] is not None:
+        w[1:] = best[1]
+        w[0] = y.mean() - float(best[1] @ best[2])
+    return w, best[0]
 
 
 class CostModel:
@@ -106,46 +184,77 @@ class CostModel:
 
     def __init__(self, target: Target, profile: Profile | None = None):
         self.target, self.profile = target, profile
-        self.fits: dict[str, np.ndarray] = {}
+        self.fits: dict[str, Fit] = {}
         if profile is not None:
             by_family: dict[str, list[tuple[Layer, float]]] = {}
             for layer, ms in profile.samples:
                 by_family.setdefault(layer.family, []).append((layer, ms))
             for family, samples in by_family.items():
                 self.fits[family] = self._fit(samples)
+        self.scale, self.step_us, self.call_ms = 1.0, target.launch_us, 0.0
+        if profile is not None and len(profile.networks) >= 4:
+            self.scale, self.step_us, self.call_ms = self._compose(profile.networks)
 
-    def _fit(self, samples: list[tuple[Layer, float]]) -> np.ndarray:
+    def _compose(self, networks: list[tuple[list[Work], float]]) -> tuple[float, float, float]:
+        """(scale, step_us, call_ms) by least squares on the relative error of whole networks'
+        predictions; the two costs kept >= 0 (a negative one is dropped and the rest refitted)."""
+        rows = np.array([[sum(self.work_ms(w) for w in work), len(work) * 1e-3, 1.0] for work, _ in networks])
+        wall = np.array([ms for _, ms in networks])
+        free = [0, 1, 2]
+        while True:
+            coef = np.zeros(3)
+            coef[free] = np.linalg.lstsq(rows[:, free] / wall[:, None], np.ones(len(wall)), rcond=None)[0]
+            bad = [i for i in free if i and coef[i] < 0]
+            if not bad:
+                return float(coef[0]), float(coef[1]), float(coef[2])
+            free.remove(bad[0])
+
+    def _fit(self, samples: list[tuple[Layer, float]]) -> Fit:
+        """The overhead by leave-one-out error of the predicted times; then once more without the
+        samples whose residual is an outlier (beyond 3 robust deviations and 30%)."""
         x = np.array([layer.features() for layer, _ in samples])
-        y = np.array([math.log(ms / analytic_ms(layer, self.target)) for layer, ms in samples])
-        w = np.zeros(x.shape[1])
-        w[0] = y.mean()
-        if len(samples) < x.shape[1] + 2:  # too few for the slopes: a constant correction only
-            return w
-        # Ridge on standardised features (the constant column unpenalised), its strength chosen by
-        # exact leave-one-out error among ALPHAS and "constant only". Plain least squares over the
-        # eight collinear log features overfit 20 samples per family: held-out zoo layers came out
-        # worse than the uncalibrated roofline (27% within 10% against 45%).
-        z = x[:, 1:]
-        mu, sd = z.mean(axis=0), z.std(axis=0)
-        sd[sd < 1e-12] = 1.0
-        zs, yc, n = (z - mu) / sd, y - y.mean(), len(y)
-        best = (float(np.mean((yc * n / (n - 1)) ** 2)), None)  # leave-one-out error of the constant
-        for alpha in ALPHAS:
-            a = np.linalg.solve(zs.T @ zs + alpha * np.eye(zs.shape[1]), zs.T)
-            hat = zs @ a + 1.0 / n
-            loo = (yc - zs @ (a @ yc)) / np.clip(1.0 - np.diag(hat), 1e-9, None)
-            if float(np.mean(loo ** 2)) < best[0]:
-                best = (float(np.mean(loo ** 2)), a @ yc)
-        if best[1] is not None:
-            slopes = best[1] / sd
-            w[1:] = slopes
-            w[0] = y.mean() - float(slopes @ mu)
-        return w
+        ms = np.array([m for _, m in samples])
+        base = np.array([analytic_ms(layer, self.target) for layer, _ in samples])
+        keep = np.ones(len(ms), bool)
+        for rnd in range(2):
+            best = None
+            for c0 in OVERHEADS_MS:
+                if c0 and (ms[keep] <= c0).any():
+                    continue
+                y = np.log((ms[keep] - c0) / base[keep])
+                w, loo = _ridge(x[keep], y)
+                err = np.log((c0 + base[keep] * np.exp(y - loo)) / ms[keep])  # leave-one-out, in log time
+                if best is None or float(np.mean(err ** 2)) < best[0]:
+                    best = (float(np.mean(err ** 2)), c0, w)
+            _, c0, w = best
+            if rnd:
+                break
+            r = np.log((c0 + base * np.exp(x @ w)) / ms)
+            mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+            keep = np.abs(r - np.median(r)) <= max(3 * mad, math.log(1.3))
+            if keep.all() or keep.sum() < 3:
+                break
+        return Fit(c0, w, int((~keep).sum()))
 
     def layer_ms(self, layer: Layer) -> float:
         base = analytic_ms(layer, self.target)
-        w = self.fits.get(layer.family)
-        return base if w is None else base * math.exp(float(np.dot(w, layer.features())))
+        f = self.fits.get(layer.family)
+        return base if f is None else f.overhead_ms + base * math.exp(float(np.dot(f.w, layer.features())))
 
     def layers_ms(self, layers: list[Layer]) -> float:
         return sum(self.layer_ms(layer) for layer in layers)
+
+    def work_ms(self, w: Work) -> float:
+        """Kernel time of one launch: its layer by the layer model, else its elements moved once."""
+        return self.layer_ms(w.layer) if w.layer is not None else 4 * w.elements / (self.target.bandwidth_gbs * 1e6)
+
+    def launch_ms(self, w: Work) -> float:
+        """What one launch adds to a run: its kernel time, scaled, plus the cost of a step."""
+        return self.scale * self.work_ms(w) + self.step_us * 1e-3
+
+    def predict(self, work: list[Work]) -> Prediction:
+        """Latency of a run of ``work``: its launches, and the per-call cost as one more step ("call")."""
+        pred = Prediction([(w.node, w.kernel, self.launch_ms(w)) for w in work])
+        if self.call_ms:
+            pred.steps.append(("call", "host", self.call_ms))
+        return pred

@@ -45,6 +45,7 @@ import numpy as np
 import pyopencl as cl
 import torch
 
+from compiler.cost.families import gemm_rows
 from compiler.errors import InputError, choices
 
 from .device import Device
@@ -70,7 +71,7 @@ class GemmConfig:
     def for_rows(cls, m: int) -> GemmConfig:
         """The blocking for a GEMM known to have ``m`` rows: fewer rows per work-item when m is small,
         since rows past M are computed and thrown away (M = 1 runs 2.7x faster with mr = 1 than 8)."""
-        return cls(mr=next((mr for mr in (1, 2, 4, 6) if m <= mr), cls().mr))
+        return cls(mr=gemm_rows(m, cls().mr))
 
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
-from compiler.cost.families import CONV, CONV_1X1, DWCONV, GEMM, WINOGRAD, conv_family, conv_geometry
+from compiler.cost.families import (CONV, CONV_1X1, DWCONV, GEMM, WINOGRAD, channel_blocks, conv_family, conv_geometry,
+                                     conv_panels, vector_width)
 
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
 from .lower import NCHW, NHWC, Lowering, Value
-from .ops import UNARY, Launch, _kernel, channel_blocks, contiguous, eltwise, vector_width
+from .ops import UNARY, Launch, _kernel, contiguous, eltwise
 
 # Convolutions lower to one of three kernels (measurements in the .cl headers):
 #   depthwise (groups == Cin == Cout)   -> dwconv.cl: channel vectors x PX output pixels per work-item;
@@ -28,10 +29,7 @@ from .ops import UNARY, Launch, _kernel, channel_blocks, contiguous, eltwise, ve
 # blocks) was as fast or up to 1.3x faster (small K, where its taller blocks pay), except with 16
 # outputs (32 -> 16 at 112x112: 1.43 ms on the Gemm, 0.88 ms on conv.cl), where the Gemm computes 32
 # columns and conv.cl's 16-wide panels waste none.
-_CONV_MR = {4: 4, 2: 6, 1: 8}  # pixels per work-item for each panel width NV (x16 channels) in conv.cl
-# Relative time per output column of conv.cl's blockings, from its 3x3 and stem measurements: used to
-# trade wider panels against the zero columns they pad a group's outputs with (64 -> NV 4, 96 -> NV 2).
-_CONV_COST = {4: 1.0, 2: 1.05, 1: 1.15}
+# conv.cl's panel width and pixels per work-item: families.conv_panels.
 
 
 def _pack_conv_weight(wt: torch.Tensor, bias: torch.Tensor, groups: int, nr: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -93,8 +91,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
         return _winograd(lw, n, x, out, wt, bias, res, act, (ph, pw), alloc)
 
     cg, og = cin // g, cout // g
-    nv = min((4, 2, 1), key=lambda v: (-(-og // (16 * v)) * 16 * v * _CONV_COST[v], -v))
-    mr = _CONV_MR[nv]
+    nv, mr = conv_panels(og)
     packed, bias_p, ppg = _pack_conv_weight(wt, bias, g, 16 * nv)
     layout = ["-DX_NCHW"] if x_nchw else []
     kernel = _kernel(lw, "conv.cl", "conv", [f"-DMR={mr}", f"-DNV={nv}"] + epilogue + layout)

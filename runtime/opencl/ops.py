@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
+from compiler.cost.families import channel_blocks
 
 from .lower import NHWC, Lowering, Value
 from .programs import build_program, kernel_source
@@ -175,28 +176,6 @@ class Launch:
         if isinstance(a, float):
             return np.float32(a)
         return a
-
-
-# Input columns (vectors) a work-item of dwconv.cl / pool_vec may hold: with the PX accumulators and
-# the weight they must fit AVX-512's 32 registers. 3x3 stride-2 depthwise, 96 channels @112, batch 1
-# (cached), kernel ms x 8: PX 8 (17 columns) 4.1, PX 7 (15) 0.77, PX 4 (9) 0.65: 17 columns spill.
-_MAX_COLUMNS = 16
-
-
-def vector_width(c: int) -> int:
-    """The float vector width (16, 8 or 4, vec.h) for ``c`` channels: the least padding past C, then
-    the widest."""
-    return min((16, 8, 4), key=lambda v: (-(-c // v) * v, -v))
-
-
-def channel_blocks(c: int, ow: int, kw: int = 1, sw: int = 1, dw: int = 1) -> tuple[int, int]:
-    """(VC, PX) for the kernels that compute VC channels x PX output pixels per work-item (dwconv.cl,
-    pool.cl's pool_vec): ``vector_width(c)``; the pixel block that pads OW least, then the largest,
-    among those whose input columns ((PX-1)*SW + (KW-1)*DW + 1) fit in registers."""
-    vc = vector_width(c)
-    fits = [p for p in range(8, 0, -1) if (p - 1) * sw + (kw - 1) * dw + 1 <= _MAX_COLUMNS] or [1]
-    px = min(fits, key=lambda p: -(-ow // p) * p)
-    return vc, px
 
 
 def pool(lw: Lowering, n: fx.Node, x: Value, kind: str, *, kernel=(1, 1), stride=(1, 1), padding=(0, 0),
