@@ -2,9 +2,10 @@
 
 A ``Budget`` bounds predicted latency (absolute, or as a fraction of the original's), parameters,
 MACs and the output error the plan may add. The ``budget`` pass (``passes/budget.py``) turns it into a
-``Plan``: per layer, keep it or factorize it with a method and a rank. A plan is data - JSON, written
-atomically - and replays on the original model as an ordinary pipeline (``Plan.pipeline()``), so a
-decision made once (or on another machine) is applied without searching again.
+``Plan``: per layer, keep it or factorize it with a method and a rank; per channel group, prune it
+by a ratio. A plan is data - JSON, written atomically - and replays on the original model as an
+ordinary pipeline (``Plan.pipeline()``), so a decision made once (or on another machine) is applied
+without searching again.
 """
 from __future__ import annotations
 
@@ -54,21 +55,30 @@ class Budget:
         return cls(**d)
 
 
+PRUNE_ROUND_TO = 8  # a plan's pruned channel counts are multiples of this: the OpenCL kernels' vectors stay full
+
+
 @dataclass
 class Plan:
-    """Per-layer decisions: ``layers[path] = {"method": ..., "rank": ...}``; layers not listed are kept."""
+    """Decisions: ``layers[path] = {"method": ..., "rank": ...}`` (layers not listed are kept), and
+    ``prune[path] = ratio`` for the channel group of the layer at ``path`` (prune_channels' overrides)."""
 
     layers: dict[str, dict] = field(default_factory=dict)
     budget: dict = field(default_factory=dict)
     predicted: dict = field(default_factory=dict)  # before/after: latency_ms, params, macs, error proxy
+    prune: dict[str, float] = field(default_factory=dict)
 
     def pipeline(self) -> list[dict]:
-        """The factorize passes that apply this plan, one per method, each touching only its layers."""
+        """The passes that apply this plan: one prune_channels pass for the pruned groups (first: a
+        rank is a fraction of what pruning leaves), then one factorize pass per method, each touching
+        only its layers."""
+        out = [{"name": "prune_channels", "ratio": 0.0, "overrides": dict(sorted(self.prune.items())),
+                "round_to": PRUNE_ROUND_TO}] if self.prune else []
         by_method: dict[str, dict[str, object]] = {}
         for path, choice in sorted(self.layers.items()):
             by_method.setdefault(choice["method"], {})[path] = choice["rank"]
-        return [{"name": "factorize", "method": m, "overrides": {**paths, "*": "skip"}, "skip_first": False,
-                 "skip_last": False} for m, paths in sorted(by_method.items())]
+        return out + [{"name": "factorize", "method": m, "overrides": {**paths, "*": "skip"}, "skip_first": False,
+                       "skip_last": False} for m, paths in sorted(by_method.items())]
 
     def to_json(self) -> str:
         return json.dumps({"version": 1, **asdict(self)}, indent=1, sort_keys=True)
@@ -87,4 +97,8 @@ class Plan:
         for p, c in d["layers"].items():
             if not isinstance(c, dict) or set(c) != {"method", "rank"}:
                 raise BudgetError(f"plan '{path}': layer '{p}' must be {{'method': ..., 'rank': ...}}, got {c!r}")
-        return cls(layers=d["layers"], budget=d.get("budget", {}), predicted=d.get("predicted", {}))
+        prune = d.get("prune", {})
+        for p, r in (prune.items() if isinstance(prune, dict) else [("prune", prune)]):
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+                raise BudgetError(f"plan '{path}': prune['{p}'] must be a ratio in (0, 1), got {r!r}")
+        return cls(layers=d["layers"], budget=d.get("budget", {}), predicted=d.get("predicted", {}), prune=prune)

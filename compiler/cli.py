@@ -4,7 +4,7 @@
                        [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
                        [--finetune-data fashion-mnist [--epochs 3] [--lr 1e-3] [--train-limit N] ...]
     fxcompress passes
-    fxcompress calibrate [--per-family 60] [--networks 16] [-o profile.json]
+    fxcompress calibrate [--per-family 60] [--networks 24] [-o profile.json]
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     k = sub.add_parser("calibrate", help="measure the OpenCL kernels at sampled shapes: the cost model's profile")
     k.add_argument("--per-family", type=int, default=60, help="sampled layers per kernel family (default 60)")
-    k.add_argument("--networks", type=int, default=16, help="random whole networks timed end to end (default 16)")
+    k.add_argument("--networks", type=int, default=24, help="random whole networks timed end to end (default 24)")
     k.add_argument("-o", "--output", help="profile path (default: this device's, under the user cache)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=_cmd_calibrate)

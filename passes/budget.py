@@ -1,17 +1,27 @@
-"""``budget``: choose, per layer, keep or factorize (method and rank) so the model meets a Budget of
-predicted latency, parameters and MACs with the least output error, then apply the choice.
+"""``budget``: choose, per layer, keep, factorize (method and rank) or prune (ratio) so the model
+meets a Budget of predicted latency, parameters and MACs with the least output error, then apply
+the choice.
 
 Three steps, kept apart:
 1. candidates (here): for every Conv2d and Linear that factorize could take, the keep option and a
    factorization at each rank in ``ranks`` (Tucker-2 for k x k convs, SVD for 1x1 convs and
-   Linears); each is priced by the cost model (``compiler.cost``: predicted kernel time of the
-   chain the OpenCL runtime would run, launches included), its parameters and MACs, and its error
-   proxy: the layer's relative output-reconstruction error ||y - y_ref|| / ||y_ref|| on the example
-   inputs. A candidate predicted to be no faster than keeping the layer is dropped ("never slower").
+   Linears); and for every channel group ``prune_channels`` could prune (a layer's output channels
+   with everything coupled to them), pruning it at each ratio in ``prune_ratios``. Each is priced by
+   the cost model (``compiler.cost``: predicted time of the kernels the OpenCL runtime would run,
+   launches included; a pruning by the whole graph before and after, as it changes several
+   layers), its parameters and MACs, and its error proxy: a sensitivity, the model's relative
+   output error on the example inputs with that one change made. A candidate predicted to be no
+   faster than keeping the layer is dropped ("never slower").
 2. allocation (``compiler.cost.allocate``): greedy and Lagrangian, the better feasible answer wins.
+   Or, with ``search=``, an Optuna search (``compiler.cost.search``) over the same tables, each
+   trial applied to a copy and judged by its predicted latency and measured output error; the
+   allocation's plan is its first trial.
 3. execution: the decisions become a ``compiler.budget.Plan`` (JSON, replayable on the original model
-   as factorize passes) and those passes run here. With ``max_output_error``, the plan's measured
-   output error on the example inputs is checked, and the worst layer dropped until it holds.
+   as a prune_channels pass and factorize passes) and those passes run here. Pruning and factorizing
+   neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
+   a plan with pruning is tried on a copy first, and the latency limit tightened by the miss until
+   the plan meets it. With ``max_output_error``, the plan's measured output error on the example
+   inputs is checked, and the worst layer dropped until it holds.
 
 The report's details hold the plan, and predicted latency, params and MACs before and after.
 """
@@ -26,9 +36,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compiler.analysis import count_macs, count_params
-from compiler.budget import Budget, Plan
+from compiler.budget import PRUNE_ROUND_TO, Budget, Plan
 from compiler.cost import CostModel, Work, module_layers, predict_graph
 from compiler.cost.allocate import Candidate, allocate
+from compiler.cost.search import Search, search
 from compiler.errors import BudgetError, PipelineError
 from compiler.graph import call_counts
 from compiler.instruments import output_error
@@ -40,9 +51,13 @@ from .decompose import METHODS, parse_rank, resolve_ranks
 from .factor_layers import build_chain
 from .factorize import Factorize, _capture_inputs
 from .fuse import Fuse
+from .prune_channels import PruneChannels
+from .pruning.depgraph import analyse
 
 log = logging.getLogger(__name__)
 RANKS = (0.75, 0.5, 0.35, 0.25)
+PRUNE_RATIOS = (0.25, 0.5)
+
 
 
 class BudgetPass(Pass, name="budget"):
@@ -51,12 +66,19 @@ class BudgetPass(Pass, name="budget"):
     preserves = frozenset({"shapes"})
 
     def __init__(self, *, budget: Budget | dict, target: Target | str = "device", profile: str | None = None,
-                 ranks: tuple[float, ...] = RANKS, skip_first: bool = True, skip_last: bool = True,
-                 plan_path: str | None = None, progress: bool = False, tolerance: float = float("inf")) -> None:
+                 ranks: tuple[float, ...] = RANKS, prune_ratios: tuple[float, ...] = PRUNE_RATIOS,
+                 skip_first: bool = True, skip_last: bool = True,
+                 plan_path: str | None = None, progress: bool = False, tolerance: float = float("inf"),
+                 search: Search | dict | None = None) -> None:
         self.budget = Budget.from_dict(budget)
-        if not ranks or any(not (0 < float(r) < 1) for r in ranks):
-            raise PipelineError(f"budget ranks must be fractions of full rank in (0, 1), got {list(ranks)}")
+        self.search = Search.from_dict(search) if search is not None else None
+        for what, values in (("ranks", ranks), ("prune_ratios", prune_ratios)):
+            if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1 for r in values):
+                raise PipelineError(f"budget {what} must be fractions in (0, 1), got {list(values)}")
+        if not ranks and not prune_ratios:
+            raise PipelineError("the budget pass needs ranks or prune_ratios to choose from; both are empty")
         self.target, self.profile, self.ranks = target, profile, tuple(float(r) for r in ranks)
+        self.prune_ratios = tuple(float(r) for r in prune_ratios)
         self.skip_first, self.skip_last = skip_first, skip_last
         self.plan_path, self.progress, self.tolerance = plan_path, progress, tolerance
         self.plan: Plan | None = None
@@ -74,24 +96,49 @@ class BudgetPass(Pass, name="budget"):
         cm = self.cost_model()
         nodes, refusals = self._layers(gm)
         inputs = _capture_inputs(gm, nodes, ctx.example_inputs)
-        tables = {}
-        for n in tqdm(nodes, desc="budget: candidates", disable=not self.progress, leave=False):
-            tables[n.target] = self._candidates(gm, n, inputs[n.name], cm)
+        reference = _run(gm, ctx.example_inputs)
         before = _predicted_ms(gm, cm, ctx)
         params, macs = count_params(gm), count_macs(gm)
+
+        def sensitivity(g: fx.GraphModule) -> float:
+            return _rel_err(reference, _run(g, ctx.example_inputs))
+
+        tables = {}
+        for n in tqdm(nodes, desc="budget: factorizations", disable=not self.progress, leave=False):
+            tables[n.target] = self._candidates(gm, n, inputs[n.name], cm, sensitivity)
+        tables.update(self._prune_candidates(gm, cm, ctx, sensitivity, (before, params, macs)))
         fixed = {"ms": before - sum(t[0].ms for t in tables.values()),
                  "params": params - sum(t[0].params for t in tables.values()),
                  "macs": macs - sum(t[0].macs for t in tables.values())}
         b = self.budget
         limits = {"ms": b.latency_ms if b.latency_ms is not None else (b.latency_ratio * before if b.latency_ratio else None),
                   "params": b.params, "macs": b.macs}
-        alloc = allocate(tables, {k: v for k, v in limits.items() if v is not None}, fixed)
-        picks = {p: c for p, c in alloc.picks.items() if c.choice is not None}
+        limits = {k: v for k, v in limits.items() if v is not None}
+        considered = {p: (_method(gm.get_submodule(p)) if not p.startswith(PRUNE) else "prune") for p in tables}
+        found = None
+        if self.search is None:
+            alloc = self._allocate(gm, ctx, cm, tables, limits, fixed)
+            picks = {p: c for p, c in alloc.picks.items() if c.choice is not None}
+            if b.max_output_error is not None:
+                picks = self._within_error(gm, ctx, picks, reference)
+            allocator = alloc.allocator
+        else:
+            try:  # the allocation's plan is the search's first trial: the search is never worse
+                alloc = self._allocate(gm, ctx, cm, tables, limits, fixed)
+            except BudgetError:
+                alloc = None
 
-        considered = {p: _method(gm.get_submodule(p)) for p in tables}
-        reference = _run(gm, ctx.example_inputs)
-        if b.max_output_error is not None:
-            picks = self._within_error(gm, ctx, picks, reference)
+            def evaluate(chosen: dict[str, Candidate]) -> dict[str, float]:
+                trial = copy.deepcopy(gm)
+                _apply(_plan({p: c for p, c in chosen.items() if c.choice is not None}), trial, ctx)
+                return {"ms": _predicted_ms(trial, cm, ctx), "params": count_params(trial), "macs": count_macs(trial),
+                        "error": sensitivity(trial)}
+
+            bounds = {**limits, **({"error": b.max_output_error} if b.max_output_error is not None else {})}
+            found = search(tables, evaluate, bounds, self.search, initial=alloc.picks if alloc else None,
+                           progress=self.progress)
+            picks = {p: c for p, c in found.picks.items() if c.choice is not None}
+            allocator = f"search ({self.search.sampler})"
         plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
         results = _apply(plan, gm, ctx)
         err = _rel_err(reference, _run(gm, ctx.example_inputs))
@@ -99,21 +146,76 @@ class BudgetPass(Pass, name="budget"):
             raise BudgetError(f"budget: even keeping every layer the output error is {err:.3g} > max_output_error "
                               f"{b.max_output_error}")
         t_after = {"ms": _predicted_ms(gm, cm, ctx), "params": count_params(gm), "macs": count_macs(gm)}
-        violated = [k for k, v in limits.items() if v is not None and t_after[k] > v * 1.0001]
+        violated = [k for k, v in limits.items() if t_after[k] > v * 1.0001]
         plan.predicted = {"before": {"ms": before, "params": params, "macs": macs}, "after": t_after,
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
-                          "allocator": alloc.allocator, "limits": {k: v for k, v in limits.items() if v is not None},
+                          "allocator": allocator, "limits": limits,
                           "considered": considered}
+        if found is not None:
+            plan.predicted["search"] = {"trials": found.trials, "pareto": found.pareto, "storage": self.search.storage,
+                                        "study": self.search.study}
         self.plan = plan
         if self.plan_path:
             plan.save(self.plan_path)
         details = [d for r in results for d in r.details]
         for d in details:
-            d["predicted_ms"] = next((c.ms for c in tables[d["layer"]] if c.choice and c.choice == plan.layers.get(d["layer"])), None)
-            d["predicted_ms_before"] = tables[d["layer"]][0].ms
-        details.append({"plan": plan.layers, **plan.predicted})
+            if "layer" in d and d["layer"] in tables:  # a factorization: its layer's predicted time
+                d["predicted_ms"] = next((c.ms for c in tables[d["layer"]] if c.choice and c.choice == plan.layers.get(d["layer"])), None)
+                d["predicted_ms_before"] = tables[d["layer"]][0].ms
+        details.append({"plan": plan.layers, "prune": plan.prune, **plan.predicted})
         warnings = [f"budget: the plan misses {k} after applying it ({t_after[k]:.4g} > {limits[k]:.4g})" for k in violated]
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details, warnings=warnings)
+
+    def _allocate(self, gm, ctx, cm, tables, limits, fixed):
+        """``allocate``; then, when the plan prunes (its moves do not add exactly: pruning a group and
+        factorizing a layer in it both count the layer's saving), the plan is applied to a copy and
+        each limit it misses tightened by the miss, up to three times."""
+        alloc, target = allocate(tables, limits, fixed), dict(limits)
+        for attempt in range(4):
+            picks = {p: c for p, c in alloc.picks.items() if c.choice is not None}
+            if not any(p.startswith(PRUNE) for p in picks):
+                return alloc
+            trial = copy.deepcopy(gm)
+            _apply(_plan(picks), trial, ctx)
+            got = {"ms": _predicted_ms(trial, cm, ctx), "params": count_params(trial), "macs": count_macs(trial)}
+            miss = {k: got[k] - v for k, v in limits.items() if got[k] > v * (1 + 1e-4)}
+            if not miss or attempt == 3:
+                return alloc  # the pass warns if a limit is still missed
+            log.info("budget: the plan misses %s when applied; planning again", miss)
+            target = {k: v - miss.get(k, 0.0) for k, v in target.items()}
+            try:
+                alloc = allocate(tables, target, fixed)
+            except BudgetError:
+                closest = ", ".join(f"{k} {got[k]:.4g} (limit {v:.4g})" for k, v in limits.items())
+                raise BudgetError(f"budget pass: no choice of the candidates meets the budget once pruning and "
+                                  f"factorizing the same layers are combined; the closest achievable found is "
+                                  f"{closest}") from None
+        return alloc
+
+    def _prune_candidates(self, gm: fx.GraphModule, cm: CostModel, ctx: PassContext, sensitivity,
+                          base: tuple[float, int, int]) -> dict[str, list[Candidate]]:
+        """Per channel group ``prune_channels`` would prune: keep (all zero: these tables hold changes)
+        and each ratio in ``prune_ratios``, priced on a pruned copy of the whole graph."""
+        if not self.prune_ratios:
+            return {}
+        groups = PruneChannels(ratio=max(self.prune_ratios), round_to=PRUNE_ROUND_TO).plan(gm, analyse(gm))["groups"]
+        out = {}
+        for g in tqdm(groups, desc="budget: prunings", disable=not self.progress, leave=False):
+            rep = g["layers"][0]
+            table = [Candidate(None, 0.0, 0, 0)]
+            for r in self.prune_ratios:
+                trial = copy.deepcopy(gm)
+                res = _prune({rep: r}).run(trial, ctx)
+                if not res.modified:
+                    continue
+                ms = _predicted_ms(trial, cm, ctx) - base[0]
+                if ms >= 0:  # never slower
+                    continue
+                table.append(Candidate({"prune": r}, ms, count_params(trial) - base[1], count_macs(trial) - base[2],
+                                       sensitivity(trial)))
+            if len(table) > 1:
+                out[PRUNE + rep] = table
+        return out
 
     def _within_error(self, gm: fx.GraphModule, ctx: PassContext, picks: dict[str, Candidate],
                       reference) -> dict[str, Candidate]:
@@ -148,7 +250,9 @@ class BudgetPass(Pass, name="budget"):
                 out.append(n)
         return out, refusals
 
-    def _candidates(self, gm: fx.GraphModule, n: fx.Node, x: torch.Tensor, cm: CostModel) -> list[Candidate]:
+    def _candidates(self, gm: fx.GraphModule, n: fx.Node, x: torch.Tensor, cm: CostModel, sensitivity) -> list[Candidate]:
+        """Keep, and a factorization at each rank that is predicted faster; ``sensitivity(gm)`` scores
+        one with the factorized chain swapped in for the layer."""
         layer = gm.get_submodule(n.target)
         shape = tuple(x.shape)
         keep = _price(cm, layer, shape)
@@ -157,8 +261,6 @@ class BudgetPass(Pass, name="budget"):
         method = _method(layer)
         m = METHODS[(method, "linear" if linear else "conv")]
         w = layer.weight.detach()
-        with torch.no_grad():
-            ref = layer(x)
         for r in self.ranks:
             ranks = resolve_ranks(parse_rank(r), m, w)
             nparams = m.params(tuple(w.shape), ranks) + (layer.bias.numel() if layer.bias is not None else 0)
@@ -168,19 +270,33 @@ class BudgetPass(Pass, name="budget"):
             ms, macs = _price(cm, chain, shape)
             if ms >= keep[0]:  # never slower: fewer MACs that the target would run slower are not offered
                 continue
-            with torch.no_grad():
-                err = ((chain(x) - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            gm.set_submodule(n.target, chain)
+            try:
+                err = sensitivity(gm)
+            finally:
+                gm.set_submodule(n.target, layer)
             out.append(Candidate({"method": method, "rank": r}, ms, nparams, macs, err))
         return out
 
 
+PRUNE = "prune:"  # table keys of channel groups, apart from the layer paths
+
+
+def _prune(groups: dict[str, float]) -> PruneChannels:
+    """The pass that prunes the groups of these layers (only) at these ratios."""
+    return PruneChannels(ratio=0.0, overrides=groups, round_to=PRUNE_ROUND_TO)
+
+
 def _plan(picks: dict[str, Candidate], budget: dict | None = None) -> Plan:
-    return Plan(layers={p: dict(c.choice) for p, c in picks.items()}, budget=budget or {})
+    return Plan(layers={p: dict(c.choice) for p, c in picks.items() if not p.startswith(PRUNE)},
+                prune={p[len(PRUNE):]: c.choice["prune"] for p, c in picks.items() if p.startswith(PRUNE)},
+                budget=budget or {})
 
 
 def _apply(plan: Plan, gm: fx.GraphModule, ctx: PassContext) -> list[PassResult]:
-    """Run the plan's factorize passes on ``gm``."""
-    return [Factorize(**{k: v for k, v in spec.items() if k != "name"}).run(gm, ctx) for spec in plan.pipeline()]
+    """Run the plan's passes on ``gm``: the pruning, then the factorizations."""
+    passes = {"prune_channels": PruneChannels, "factorize": Factorize}
+    return [passes[spec["name"]](**{k: v for k, v in spec.items() if k != "name"}).run(gm, ctx) for spec in plan.pipeline()]
 
 
 def _predicted_ms(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> float:

@@ -88,9 +88,10 @@ def test_budget_pass_meets_the_predicted_budget_and_its_plan_replays(tmp_path):
     model, x = Net().eval(), torch.randn(2, 3, 32, 32)
     plan_path = tmp_path / "plan.json"
     pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.7), "target": CPU,
-                            "plan_path": str(plan_path)}, "fuse"]
+                            "plan_path": str(plan_path), "prune_ratios": []}, "fuse"]
     cm = compiler.compile(model, x, pipeline=pipeline)
     summary = _budget_row(cm).details[-1]
+    assert summary["prune"] == {}
     assert summary["after"]["ms"] <= 0.7 * summary["before"]["ms"] * 1.0001
     assert summary["plan"] and set(summary["plan"]) <= {"body.0", "body.2", "body.4"}  # stem and head kept
     assert {c["method"] for c in summary["plan"].values()} <= {"tucker2", "svd"}
@@ -99,6 +100,39 @@ def test_budget_pass_meets_the_predicted_budget_and_its_plan_replays(tmp_path):
     replayed = compiler.compile(model, x, pipeline=["cleanup"] + plan.pipeline() + ["fuse"])
     with torch.no_grad():
         assert rel_err(cm(x), replayed(x)) < 1e-5  # the same decompositions, from data
+
+
+@pytest.mark.parametrize("ranks", [[], [0.5, 0.25]])
+def test_budget_prunes_channel_groups_and_the_plan_replays(tmp_path, ranks):
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    plan_path = tmp_path / "plan.json"
+    pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.6), "target": CPU, "ranks": ranks,
+                            "prune_ratios": [0.25, 0.5], "plan_path": str(plan_path)}, "fuse"]
+    cm = compiler.compile(model, x, pipeline=pipeline)
+    summary = _budget_row(cm).details[-1]
+    assert summary["after"]["ms"] <= 0.6 * summary["before"]["ms"] * 1.0001  # met after applying, pruning included
+    assert summary["prune"] and set(summary["prune"].values()) <= {0.25, 0.5}
+    assert summary["considered"][f"prune:{next(iter(summary['prune']))}"] == "prune"
+    widths = [m.out_channels for m in cm.graph_module.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(widths) < 32 + 64 * 3 and all(w % 8 == 0 for w in widths)  # fewer channels, multiples of 8
+    plan = Plan.load(plan_path)
+    assert plan.prune == summary["prune"] and plan.pipeline()[0]["name"] == "prune_channels"
+    replayed = compiler.compile(model, x, pipeline=["cleanup"] + plan.pipeline() + ["fuse"])
+    with torch.no_grad():
+        assert rel_err(cm(x), replayed(x)) < 1e-5
+    bad = tmp_path / "bad.json"
+    bad.write_text(plan_path.read_text().replace('"prune": {', '"prune": {"x": 2, '))
+    with pytest.raises(BudgetError, match=r"prune\['x'\] must be a ratio in \(0, 1\), got 2"):
+        Plan.load(bad)
+
+
+def test_budget_pass_options_are_checked():
+    from passes.budget import BudgetPass
+
+    with pytest.raises(compiler.PipelineError, match="ranks or prune_ratios"):
+        BudgetPass(budget={"params": 10}, ranks=(), prune_ratios=())
+    with pytest.raises(compiler.PipelineError, match=r"prune_ratios must be fractions in \(0, 1\), got \[1.5\]"):
+        BudgetPass(budget={"params": 10}, prune_ratios=(1.5,))
 
 
 def test_compile_budget_inserts_the_pass_before_fuse():
@@ -126,10 +160,17 @@ def test_never_slower_drops_factorizations_the_target_runs_slower():
     p = BudgetPass(budget=Budget(latency_ratio=0.9), target=slow_launch)
     node = next(n for n in gm.graph.nodes if n.target == "body.2")
     inp = torch.randn(1, 64, 16, 16)
-    assert [c.choice for c in p._candidates(gm, node, inp, p.cost_model())] == [None]
+    score = {}
+
+    def sensitivity(g):  # the budget pass scores a candidate on the graph with it swapped in
+        score[type(g.get_submodule("body.2")).__name__] = 1
+        return 0.5
+
+    assert [c.choice for c in p._candidates(gm, node, inp, p.cost_model(), sensitivity)] == [None]
     fast = BudgetPass(budget=Budget(latency_ratio=0.9), target=CPU)
-    table = fast._candidates(gm, node, inp, fast.cost_model())
-    assert len(table) > 1 and all(c.ms < table[0].ms and c.error > 0 for c in table[1:])
+    table = fast._candidates(gm, node, inp, fast.cost_model(), sensitivity)
+    assert len(table) > 1 and all(c.ms < table[0].ms and c.error == 0.5 for c in table[1:])
+    assert score == {"Sequential": 1} and type(gm.get_submodule("body.2")) is nn.Conv2d  # swapped back
 
 
 def test_max_output_error_holds_when_measured():
@@ -144,3 +185,64 @@ def test_max_output_error_holds_when_measured():
     assert summary["output_rel_err"] <= err / 2
     with torch.no_grad():
         assert rel_err(model(x), tight(x)) <= err / 2 + 1e-6
+
+
+def test_search_meets_the_budget_and_is_never_worse_than_the_allocation(tmp_path):
+    pytest.importorskip("optuna")
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+
+    def run(**extra):
+        cm = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "budget": {"latency_ratio": 0.6},
+                                                              "target": CPU, **extra}])
+        return _budget_row(cm).details[-1]
+
+    allocated = run()
+    found = run(search={"trials": 12, "sampler": "tpe", "seed": 0})
+    assert found["allocator"] == "search (tpe)" and found["search"]["trials"] == 12
+    assert found["after"]["ms"] <= 0.6 * found["before"]["ms"] * 1.0001
+    assert found["output_rel_err"] <= allocated["output_rel_err"] + 1e-9
+    front = found["search"]["pareto"]
+    assert front and all(a["ms"] < b["ms"] and a["error"] > b["error"] for a, b in zip(front, front[1:]))
+    assert run(search={"trials": 12, "sampler": "tpe", "seed": 0})["plan"] == found["plan"]  # seeded: repeatable
+    nsga = run(search={"trials": 8, "sampler": "nsga2", "seed": 1})
+    assert nsga["after"]["ms"] <= 0.6 * nsga["before"]["ms"] * 1.0001
+
+
+def test_search_workers_share_a_study_through_storage(tmp_path):
+    pytest.importorskip("optuna")
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    script = f"""
+import torch, compiler
+from tests.test_budget import Net, CPU
+torch.manual_seed(0)
+model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+cm = compiler.compile(model, x, pipeline=["cleanup", {{"name": "budget", "budget": {{"latency_ratio": 0.6}}, "target": CPU,
+                                                      "search": {{"trials": 5, "storage": "{url}", "seed": None}}}}])
+print(next(r for r in cm.report.rows if r.name == "budget").details[-1]["search"]["trials"])
+"""
+    workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outs
+    seen = sorted(int(out.split()[-1]) for out, _ in outs)
+    assert seen[-1] >= 10 - 1 and seen[-1] <= 11  # the last worker to finish saw both workers' trials
+    import optuna
+
+    study = optuna.load_study(study_name="fxcompress-budget", storage=url)
+    assert len(study.trials) >= 10
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"sampler": "grid"}, r"unknown search sampler 'grid', valid samplers are"),
+    ({"trials": 0}, "trials must be an int >= 1"),
+    ({"storage": "study.db"}, "must be an Optuna storage URL"),
+    ({"workers": 2}, r"unknown search keys \['workers'\]"),
+])
+def test_bad_search_specs_are_typed_errors(spec, match):
+    from compiler.cost.search import Search
+
+    with pytest.raises(BudgetError, match=match):
+        Search.from_dict(spec)

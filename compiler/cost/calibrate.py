@@ -144,10 +144,13 @@ class _Inverted(nn.Module):
 
 
 def sample_network(rng: random.Random) -> tuple[nn.Module, tuple[int, ...]]:
-    """A random CNN and its input shape: a strided stem, 3 to 10 blocks drawn from residual,
+    """A random CNN and its input shape: a strided stem (and a max pool, sometimes), 3 to 10 blocks drawn from residual,
     inverted-residual, strided and plain convs at sampled widths, pooling and a linear head."""
-    c, hw = _channels(rng, 16, 64), rng.choice((32, 56, 112))
+    c, hw = _channels(rng, 16, 64), rng.choice((32, 56, 112, 224))
     layers, size = [nn.Conv2d(3, c, 3, 2, 1), nn.ReLU()], hw // 2
+    if hw >= 112 and rng.random() < 0.5:  # ResNet's stem: a max pool after the strided conv
+        layers.append(nn.MaxPool2d(3, 2, 1))
+        size //= 2
     for _ in range(rng.randint(3, 10)):
         kind = rng.choice(("residual", "inverted", "down", "conv"))
         if kind == "residual":
@@ -193,7 +196,7 @@ def measure_network(net: nn.Module, shape: tuple[int, ...]) -> tuple[list[Work],
     return compiled_work(cm), wall_ms(lambda: cm(x))
 
 
-def calibrate(*, per_family: int = 60, networks: int = 16, families=FAMILIES, seed: int = 0,
+def calibrate(*, per_family: int = 60, networks: int = 24, families=FAMILIES, seed: int = 0,
               progress: bool = True) -> Profile:
     """Measure ``per_family`` sampled layers of each kernel family, and ``networks`` random whole
     networks, on the OpenCL device the runtime uses (``$FXCOMPRESS_OPENCL_DEVICE`` or PoCL's CPU);

@@ -72,6 +72,11 @@ class Layer:
         return Blocking(self.groups * _up(og, 16 * nv) * _up(m, mr) * self.kh * self.kw * cg,
                         self.groups * -(-og // (16 * nv)) * -(-m // mr), 16 * nv * mr)
 
+    @property
+    def geometry(self) -> str:
+        """The kind of window: kernel, stride, and "stem" when it reads 1 to 4 channels per group."""
+        return f"{self.kh}x{self.kw}/{self.stride}" + ("/stem" if self.cin // self.groups <= 4 else "")
+
     def features(self) -> list[float]:
         """Regressors of the calibrated correction (see ``model.py``): logs of the work as the kernel
         blocks it, of the bytes, the work-items and the block each computes, and of the sizes."""

@@ -146,10 +146,15 @@ OVERHEADS_MS = (0.0, 0.001, 0.002, 0.004)  # fixed kernel time tried by leave-on
 
 @dataclass(frozen=True)
 class Fit:
-    """One kernel family's correction: ``ms = overhead_ms + analytic * exp(w . features)``."""
+    """One kernel family's correction: ``ms = overhead_ms + analytic * exp(w . features + offset)``,
+    the offset per geometry (``Layer.geometry``: kernel, stride, stem) that the samples had."""
     overhead_ms: float
     w: np.ndarray
     dropped: int = 0  # samples left out as outliers (a measurement a neighbour process slowed)
+    offsets: dict[str, float] = field(default_factory=dict)
+
+    def log_ratio(self, layer: Layer) -> float:
+        return float(np.dot(self.w, layer.features())) + self.offsets.get(layer.geometry, 0.0)
 
 
 def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,12 +239,21 @@ class CostModel:
             keep = np.abs(r - np.median(r)) <= max(3 * mad, math.log(1.3))
             if keep.all() or keep.sum() < 3:
                 break
-        return Fit(c0, w, int((~keep).sum()))
+        # Per-geometry offsets: the mean residual of each kernel / stride / stem kind, shrunk towards 0
+        # (n / (n + 2)). One slope over "kh * kw" and "stride" could not tell conv.cl's 1x1 stride-2
+        # layers (ResNet's downsamples ran 3x the family's trend) from its 3x3 ones.
+        y = np.log(np.maximum(ms - c0, 1e-9) / base) - x @ w
+        sums: dict[str, list[float]] = {}
+        for (layer, _), r, k in zip(samples, y, keep):
+            if k:
+                sums.setdefault(layer.geometry, []).append(float(r))
+        offsets = {g: sum(v) / (len(v) + 2) for g, v in sums.items()} if len(sums) > 1 else {}
+        return Fit(c0, w, int((~keep).sum()), offsets)
 
     def layer_ms(self, layer: Layer) -> float:
         base = analytic_ms(layer, self.target)
         f = self.fits.get(layer.family)
-        return base if f is None else f.overhead_ms + base * math.exp(float(np.dot(f.w, layer.features())))
+        return base if f is None else f.overhead_ms + base * math.exp(f.log_ratio(layer))
 
     def layers_ms(self, layers: list[Layer]) -> float:
         return sum(self.layer_ms(layer) for layer in layers)
