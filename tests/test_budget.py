@@ -220,7 +220,7 @@ from tests.test_budget import Net, CPU
 torch.manual_seed(0)
 model, x = Net().eval(), torch.randn(2, 3, 32, 32)
 cm = compiler.compile(model, x, pipeline=["cleanup", {{"name": "budget", "budget": {{"latency_ratio": 0.6}}, "target": CPU,
-                                                      "search": {{"trials": 5, "storage": "{url}", "seed": None}}}}])
+                                                      "search": {{"trials": 5, "storage": "{url}"}}}}])
 print(next(r for r in cm.report.rows if r.name == "budget").details[-1]["search"]["trials"])
 """
     workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -246,3 +246,32 @@ def test_bad_search_specs_are_typed_errors(spec, match):
 
     with pytest.raises(BudgetError, match=match):
         Search.from_dict(spec)
+
+
+def test_example_search_pipeline_loads_as_data():
+    from pathlib import Path
+
+    from compiler.cost.search import Search
+    from compiler.pipelines import load_toml
+
+    passes = load_toml(Path(__file__).parent.parent / "examples" / "pipelines" / "budget_search.toml")
+    budget = next(p for p in passes if p.name == "budget")
+    assert [p.name for p in passes] == ["cleanup", "fold_bn", "budget", "fuse"]
+    assert budget.search == Search(trials=20, sampler="tpe", storage="sqlite:///study.db", study="resnet18-0.6")
+    assert budget.prune_ratios == (0.25, 0.5) and budget.budget.latency_ratio == 0.6
+
+
+def test_a_device_target_without_the_device_is_a_typed_error_and_presets_plan_offline(monkeypatch):
+    from runtime.opencl.errors import NoOpenCLError
+
+    model, x = Net().eval(), torch.randn(1, 3, 16, 16)
+    monkeypatch.setenv("FXCOMPRESS_OPENCL_DEVICE", "9:9")  # a device this machine does not have
+    with pytest.raises(compiler.PassError, match=r"'budget' pass.*'9:9' \(from \$FXCOMPRESS_OPENCL_DEVICE\).*valid "
+                                                  r"devices are") as info:
+        compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "budget": {"latency_ratio": 0.8}}])
+    assert isinstance(info.value.__cause__, NoOpenCLError)
+    big = torch.randn(8, 3, 64, 64)  # enough work that a GPU's launches do not dominate
+    cm = compiler.compile(model, big, pipeline=["cleanup", {"name": "budget", "budget": {"latency_ratio": 0.8},
+                                                            "target": "rx580"}])  # a spec sheet: no device needed
+    summary = _budget_row(cm).details[-1]
+    assert summary["after"]["ms"] <= 0.8 * summary["before"]["ms"] * 1.0001

@@ -31,8 +31,8 @@ SAMPLERS = ("tpe", "nsga2")
 class Search:
     """How to search: ``trials`` evaluated here (per worker), the ``sampler``, and where the study
     lives (``storage``: None in memory, else an Optuna storage URL; ``study``: its name, which workers
-    sharing a storage must agree on). ``seed`` makes one worker's search repeatable; leave it None
-    when several workers share a study, or they propose the same trials."""
+    sharing a storage must agree on). ``seed`` makes an in-memory search repeatable; with a storage it
+    is not used (workers sharing a study must not propose the same trials)."""
 
     trials: int = 40
     sampler: str = "tpe"
@@ -79,8 +79,9 @@ def search(tables: dict[str, list[Candidate]], evaluate: Callable[[dict[str, Can
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     keys = sorted(tables)
-    sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.sampler == "tpe"
-               else optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 2))))
+    seed = spec.seed if spec.storage is None else None
+    sampler = (optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe"
+               else optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.trials // 2))))
     try:
         study = optuna.create_study(storage=spec.storage, study_name=spec.study, load_if_exists=True,
                                     directions=["minimize", "minimize"], sampler=sampler)
