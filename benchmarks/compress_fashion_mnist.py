@@ -7,7 +7,11 @@
 2. Compiles each with Tucker-2, CP, TT and SVD factorization and with structured channel pruning,
    plus pruning followed by Tucker-2; small_cnn at two or three strengths per method, ResNet-8 at
    one. Factorization ranks are parameter budgets per layer (``"params:p"``), so the methods compare
-   at equal size; the stem and the head are left alone (factorize's skip_first / skip_last).
+   at equal size; the stem and the head are left alone (factorize's skip_first / skip_last). And
+   small_cnn through the ``budget`` pass: a params and latency budget, the plan (per layer keep /
+   Tucker-2 / SVD, per channel group a pruning ratio in multiples of 8 channels) chosen by this
+   device's calibrated cost model (calibrated first if no profile exists, about 1.5 min) on 256
+   training images.
 3. Fine-tunes every point by distillation with the original as teacher (``FineTune``). The main
    points, the candidates for the issue's target (>= 4x fewer params, >= 2x lower latency, <= 1
    point of accuracy lost), get 3 epochs over the whole training split; the sweep gets 1 epoch over
@@ -50,11 +54,13 @@ from _timing import blocked_median_ms, markdown_table  # noqa: E402  (also unsha
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import compiler  # noqa: E402
 from compiler.analysis import count_params  # noqa: E402
+from compiler.cost import calibrate, default_profile_path  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import atomic_dir, write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune, finetune  # noqa: E402
 from fashion_mnist import evaluate, resnet, small_cnn, train  # noqa: E402
 from runtime.onnx import OrtRunner, export_onnx  # noqa: E402
+from runtime.opencl import open_device  # noqa: E402
 
 MODELS = {"small_cnn": small_cnn, "resnet8": lambda: resnet(8)}
 DEFAULT_CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
@@ -73,6 +79,7 @@ class Point:
     plain: bool = False  # also fine-tune without distillation, for the KD against plain comparison
     models: tuple[str, ...] = BOTH
     quick: tuple[str, ...] = ()  # the models it runs on with --quick
+    example_batch: int | None = None  # compile on this many training images (the budget pass's inputs), else 1 random
 
     @property
     def pipeline(self) -> list:
@@ -93,6 +100,13 @@ def _prune_tucker2(ratio: float, budget: float, **kw) -> Point:
                  passes=({"name": "prune_channels", "ratio": ratio}, {"name": "factorize", "method": "tucker2", "rank": f"params:{budget:g}"}))
 
 
+def _budget(label: str, budget: dict, **kw) -> Point:
+    """The budget pass's plan: per layer keep / Tucker-2 / SVD, per channel group a pruning ratio, chosen
+    by the OpenCL device's calibrated cost model at batch 256, scored on 256 training images."""
+    return Point(label=label, method="budget", example_batch=256, **kw,
+                 passes=({"name": "budget", "budget": budget, "prune_ratios": [0.25, 0.5, 0.625, 0.75]},))
+
+
 # ResNet-8 fine-tunes about 2.5x slower per image than small_cnn: it gets one strength per method
 POINTS = (
     Point(label="original", method="original", quick=BOTH),
@@ -103,7 +117,10 @@ POINTS = (
     _prune_tucker2(0.5, 0.5, plain=True, quick=SMALL),
     # the acceptance candidates, 4.4x and 4.3x fewer params on small_cnn (prune 0.5 alone gives 3.6x)
     _prune_tucker2(0.5, 0.8, main=True, plain=True, models=SMALL),
-    _prune(0.55, main=True, plain=True, models=SMALL),
+    _prune(0.55, models=SMALL),
+    # the budget pass aiming at the target: 4.2x fewer params, half the predicted latency at batch 256
+    _budget("budget params 14.6k, latency 0.5", {"params": 14_600, "latency_ratio": 0.5}, main=True, plain=True,
+            models=SMALL, quick=SMALL),
 )
 
 
@@ -184,6 +201,8 @@ def latencies(graphs: list[nn.Module], s: Settings, workdir: Path) -> list[dict]
 def run_point(model: nn.Module, p: Point, loaders, sweep_loader: DataLoader, s: Settings) -> tuple[dict, nn.Module]:
     """Compile, evaluate, fine-tune; returns the row and the graph to time (the distilled one)."""
     x1 = torch.randn(1, 1, 28, 28)
+    if p.example_batch:
+        x1 = torch.stack([loaders.train.dataset[i][0] for i in range(p.example_batch)])
     t0 = time.perf_counter()
     cm = compiler.compile(model, x1, pipeline=p.pipeline)
     r = {"point": p.label, "method": p.method, "pipeline": p.pipeline, "compile_s": time.perf_counter() - t0,
@@ -291,7 +310,8 @@ def plot(points: list[dict], path: Path, batch: str = "256") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"original": "*", "tucker2": "o", "cp": "s", "tt": "^", "svd": "v", "prune": "D", "prune+tucker2": "P"}
+    markers = {"original": "*", "tucker2": "o", "cp": "s", "tt": "^", "svd": "v", "prune": "D", "prune+tucker2": "P",
+               "budget": "X"}
     axes_spec = [(f"OpenCL latency, batch {batch} (ms)", lambda r: r["latency"][batch]["opencl_ms"]),
                  (f"onnxruntime latency, batch {batch} (ms)", lambda r: r["latency"][batch]["onnxruntime_ms"]),
                  ("parameters", lambda r: r["params"])]
@@ -335,6 +355,11 @@ def main() -> None:
     sweep_loader = loaders.train if s.sweep_images is None else DataLoader(
         Subset(loaders.train.dataset, range(min(s.sweep_images, len(loaders.train.dataset)))),
         batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
+    profile = default_profile_path(open_device().name)
+    if not profile.exists():  # the budget points plan with the device's calibrated cost model
+        t0 = time.perf_counter()
+        calibrate(progress=False).save(profile)
+        print(f"calibrated this device's cost model in {time.perf_counter() - t0:.0f} s: {profile}", file=sys.stderr)
     points, graphs, refs = [], [], {}
     for name in args.models.split(","):
         model, refs[name] = reference(name, loaders, s, args.cache)

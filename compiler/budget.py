@@ -19,6 +19,18 @@ from .errors import BudgetError
 from .fileio import write_text_atomic
 
 
+def from_mapping(cls, d, what: str):
+    """``cls(**d)`` for a dataclass ``cls`` (``d`` itself if it already is one); keys it does not have
+    are a BudgetError naming the valid ones."""
+    if isinstance(d, cls):
+        return d
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(d) - known)
+    if bad:
+        raise BudgetError(f"unknown {what} keys {bad}, valid keys are {sorted(known)}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class Budget:
     """Upper bounds; None leaves a resource free. ``latency_ratio`` is relative to the original
@@ -45,14 +57,8 @@ class Budget:
             raise BudgetError("a Budget needs at least one of latency_ms, latency_ratio, params, macs")
 
     @classmethod
-    def from_dict(cls, d: dict) -> Budget:
-        if isinstance(d, Budget):
-            return d
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise BudgetError(f"unknown budget keys {bad}, valid keys are {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: dict | Budget) -> Budget:
+        return from_mapping(cls, d, "budget")
 
 
 PRUNE_ROUND_TO = 8  # a plan's pruned channel counts are multiples of this: the OpenCL kernels' vectors stay full

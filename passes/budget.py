@@ -19,8 +19,8 @@ Three steps, kept apart:
 3. execution: the decisions become a ``compiler.budget.Plan`` (JSON, replayable on the original model
    as a prune_channels pass and factorize passes) and those passes run here. Pruning and factorizing
    neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
-   a plan with pruning is tried on a copy first, and the latency limit tightened by the miss until
-   the plan meets it. With ``max_output_error``, the plan's measured output error on the example
+   a plan with pruning is tried on a copy first, and the limits tightened until the applied plan
+   meets them. With ``max_output_error``, the plan's measured output error on the example
    inputs is checked, and the worst layer dropped until it holds.
 
 The report's details hold the plan, and predicted latency, params and MACs before and after.
@@ -167,30 +167,44 @@ class BudgetPass(Pass, name="budget"):
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details, warnings=warnings)
 
     def _allocate(self, gm, ctx, cm, tables, limits, fixed):
-        """``allocate``; then, when the plan prunes (its moves do not add exactly: pruning a group and
-        factorizing a layer in it both count the layer's saving), the plan is applied to a copy and
-        each limit it misses tightened by the miss, up to three times."""
-        alloc, target = allocate(tables, limits, fixed), dict(limits)
-        for attempt in range(4):
-            picks = {p: c for p, c in alloc.picks.items() if c.choice is not None}
-            if not any(p.startswith(PRUNE) for p in picks):
-                return alloc
+        """``allocate``; then, when the plan prunes, the plan applied to a copy and checked. Its moves
+        do not add exactly (pruning a group and factorizing a layer in it, or two groups meeting in
+        one layer, both count that layer's saving), so when the applied plan misses, every limit is
+        scaled by one factor, bisected on applied plans for the loosest that holds."""
+        alloc = allocate(tables, limits, fixed)
+        if not any(p.startswith(PRUNE) and c.choice is not None for p, c in alloc.picks.items()):
+            return alloc
+
+        def applied(a) -> dict[str, float]:
             trial = copy.deepcopy(gm)
-            _apply(_plan(picks), trial, ctx)
-            got = {"ms": _predicted_ms(trial, cm, ctx), "params": count_params(trial), "macs": count_macs(trial)}
-            miss = {k: got[k] - v for k, v in limits.items() if got[k] > v * (1 + 1e-4)}
-            if not miss or attempt == 3:
-                return alloc  # the pass warns if a limit is still missed
-            log.info("budget: the plan misses %s when applied; planning again", miss)
-            target = {k: v - miss.get(k, 0.0) for k, v in target.items()}
+            _apply(_plan({p: c for p, c in a.picks.items() if c.choice is not None}), trial, ctx)
+            return {"ms": _predicted_ms(trial, cm, ctx), "params": count_params(trial), "macs": count_macs(trial)}
+
+        def holds(got) -> bool:
+            return all(got[k] <= v * (1 + 1e-4) for k, v in limits.items())
+
+        got = applied(alloc)
+        if holds(got):
+            return alloc
+        log.info("budget: the plan gives %s once applied, over the limits %s; tightening", got, limits)
+        lo, hi, best, tightest = 0.0, 1.0, None, (alloc, got)
+        for _ in range(8):
+            mid = (lo + hi) / 2
             try:
-                alloc = allocate(tables, target, fixed)
+                trial = allocate(tables, {k: v * mid for k, v in limits.items()}, fixed)
             except BudgetError:
-                closest = ", ".join(f"{k} {got[k]:.4g} (limit {v:.4g})" for k, v in limits.items())
-                raise BudgetError(f"budget pass: no choice of the candidates meets the budget once pruning and "
-                                  f"factorizing the same layers are combined; the closest achievable found is "
-                                  f"{closest}") from None
-        return alloc
+                lo = mid  # beyond what the candidates reach even added up
+                continue
+            got = applied(trial)
+            if holds(got):
+                best, lo = trial, mid
+            else:
+                tightest, hi = (trial, got), mid
+        if best is None:
+            closest = ", ".join(f"{k} {tightest[1][k]:.4g} (limit {v:.4g})" for k, v in limits.items())
+            raise BudgetError(f"budget pass: no choice of the candidates meets the budget once pruning and "
+                              f"factorizing the same layers are combined; the closest achievable found is {closest}")
+        return best
 
     def _prune_candidates(self, gm: fx.GraphModule, cm: CostModel, ctx: PassContext, sensitivity,
                           base: tuple[float, int, int]) -> dict[str, list[Candidate]]:

@@ -275,3 +275,21 @@ def test_a_device_target_without_the_device_is_a_typed_error_and_presets_plan_of
                                                             "target": "rx580"}])  # a spec sheet: no device needed
     summary = _budget_row(cm).details[-1]
     assert summary["after"]["ms"] <= 0.8 * summary["before"]["ms"] * 1.0001
+
+
+def test_search_over_tables_meets_limits_and_names_a_bad_storage(tmp_path):
+    pytest.importorskip("optuna")
+    from compiler.cost.search import Search, search
+
+    def evaluate(picks):  # the tables' own sums: the brute-force optimum at 20 ms is known
+        t = {r: 1.0 + sum(c.get(r) for c in picks.values()) for r in ("ms", "params", "macs")}
+        return {**t, "error": sum(c.error for c in picks.values())}
+
+    best = allocate(TABLES, {"ms": 20.0}, {"ms": 1.0})
+    found = search(TABLES, evaluate, {"ms": 20.0}, Search(trials=15, seed=0), initial=best.picks)
+    assert found.totals["ms"] <= 20.0 and found.totals["error"] <= best.error + 1e-12
+    assert found.trials == 15 and found.pareto[-1]["error"] == found.totals["error"]
+    with pytest.raises(BudgetError, match=r"none of 30 trials meets the budget; the closest achievable found is ms 1[34] "):
+        search(TABLES, evaluate, {"ms": 10.0}, Search(trials=30, seed=0))
+    with pytest.raises(BudgetError, match="cannot open Optuna storage 'sqlite:////no/such/dir/s.db'"):
+        search(TABLES, evaluate, {"ms": 20.0}, Search(trials=1, storage="sqlite:////no/such/dir/s.db"))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from ..budget import from_mapping
 from ..errors import BudgetError, choices
 from .allocate import Candidate
 
@@ -53,13 +55,7 @@ class Search:
 
     @classmethod
     def from_dict(cls, d: dict | Search) -> Search:
-        if isinstance(d, Search):
-            return d
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise BudgetError(f"unknown search keys {bad}, valid keys are {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, "search")
 
 
 @dataclass
@@ -82,11 +78,18 @@ def search(tables: dict[str, list[Candidate]], evaluate: Callable[[dict[str, Can
     seed = spec.seed if spec.storage is None else None
     sampler = (optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe"
                else optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.trials // 2))))
-    try:
-        study = optuna.create_study(storage=spec.storage, study_name=spec.study, load_if_exists=True,
-                                    directions=["minimize", "minimize"], sampler=sampler)
-    except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable database: say which
-        raise BudgetError(f"search: cannot open Optuna storage {spec.storage!r} (study '{spec.study}'): {e}") from e
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(storage=spec.storage, study_name=spec.study, load_if_exists=True,
+                                        directions=["minimize", "minimize"], sampler=sampler)
+            break
+        except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable database: say which
+            # Workers starting together on a new SQLite file race to create its schema; the loser's
+            # insert of the schema version fails. It exists by the time it tries again.
+            if attempt == 4:
+                raise BudgetError(f"search: cannot open Optuna storage {spec.storage!r} (study '{spec.study}'): "
+                                  f"{e}") from e
+            time.sleep(0.2 * (attempt + 1))
     if initial is not None:
         params = {k: tables[k].index(initial[k]) for k in keys}
         if not any(t.params == params for t in study.get_trials(deepcopy=False)):
