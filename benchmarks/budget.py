@@ -14,7 +14,11 @@ Reported per point: the latency budget, measured latency of the original, of the
 of the two MAC-uniform baselines, whether the budget is met within 10% when measured, and the
 output errors.
 
-    .venv/bin/python benchmarks/budget.py [--quick] [--models resnet18,mobilenet_v2] [--json out.json]
+    .venv/bin/python benchmarks/budget.py [--quick] [--models resnet18,mobilenet_v2] [--ratios 0.7,0.5,0.35]
+                                          [--json out.json]
+
+A budget beyond the candidates' reach (the pass raises BudgetError) is a row saying so, with the
+closest achievable plan the pass found.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from _timing import best_block_ms, markdown_table  # noqa: E402  (also unshadows
 
 import compiler  # noqa: E402
 from compiler import Budget, Plan, zoo  # noqa: E402
+from compiler.errors import BudgetError  # noqa: E402
 from compiler.analysis import count_macs  # noqa: E402
 from compiler.budget import PRUNE_ROUND_TO  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
@@ -75,13 +80,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="budgets 0.7 and 0.5 only")
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--ratios", default="0.7,0.5,0.35", help="latency budgets, fractions of the original's")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     torch.set_num_threads(2)
     models = args.models.split(",")
-    ratios = (0.7, 0.5) if args.quick else (0.7, 0.5, 0.35)
+    ratios = (0.7, 0.5) if args.quick else tuple(float(r) for r in args.ratios.split(","))
     tv = zoo.import_torchvision()
     rows, results = [], []
     for name in models:
@@ -90,7 +96,13 @@ def main() -> None:
         original = compiler.compile(model, x, target="opencl")
         for r in ratios:
             t0 = time.perf_counter()
-            cm = compiler.compile(model, x, target="opencl", budget=Budget(latency_ratio=r))
+            try:
+                cm = compiler.compile(model, x, target="opencl", budget=Budget(latency_ratio=r))
+            except BudgetError as e:  # out of the candidates' reach: a row saying so, with the closest
+                results.append({"model": name, "ratio": r, "unreachable": str(e), "plan_s": time.perf_counter() - t0})
+                rows.append([name, f"{r:.2f}", "-", "-", "unreachable: " + str(e).rpartition("is ")[2], "no"] + ["-"] * 5)
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+                continue
             plan_s = time.perf_counter() - t0
             row = next(row for row in cm.report.rows if row.name == "budget")
             summary = row.details[-1]

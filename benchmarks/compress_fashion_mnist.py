@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/compress_fashion_mnist.py [--quick] [--out DIR] [--cache DIR]
 
-1. Trains the reference models of ``examples/fashion_mnist.py`` (``small_cnn`` and ResNet-8) for 3
-   epochs, or loads them from ``--cache`` (weights written atomically, read with weights_only).
+1. Trains the reference models of ``examples/fashion_mnist.py`` (``small_cnn`` for 3 epochs and
+   ResNet-8 for 2), or loads them from ``--cache`` (weights written atomically, read with weights_only).
 2. Compiles each with Tucker-2, CP, TT and SVD factorization and with structured channel pruning,
    plus pruning followed by Tucker-2; small_cnn at two or three strengths per method, ResNet-8 at
    one. Factorization ranks are parameter budgets per layer (``"params:p"``), so the methods compare
@@ -119,14 +119,16 @@ POINTS = (
     _prune_tucker2(0.5, 0.8, main=True, plain=True, models=SMALL),
     _prune(0.55, models=SMALL),
     # the budget pass aiming at the target: 4.2x fewer params, half the predicted latency at batch 256
-    _budget("budget params 14.6k, latency 0.5", {"params": 14_600, "latency_ratio": 0.5}, main=True, plain=True,
+    _budget("budget params 14.6k, latency 0.5", {"params": 14_600, "latency_ratio": 0.5}, main=True,
             models=SMALL, quick=SMALL),
 )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    train_epochs: int = 3  # of the reference models, AdamW one-cycle (examples/fashion_mnist.py)
+    # of the reference models, AdamW one-cycle (examples/fashion_mnist.py). ResNet-8 trains 2: its 3
+    # epochs took 15 of a cold run's 34 minutes here (91.06% test accuracy), past the 30 allowed
+    train_epochs: tuple[tuple[str, int], ...] = (("small_cnn", 3), ("resnet8", 2))
     finetune: FineTune = FineTune(epochs=3, lr=3e-3, progress=False)  # main points, on the whole training split
     sweep_epochs: int = 1  # the other points: fewer epochs on fewer images, to fit the run in 30 min on 2 cores
     sweep_images: int | None = 10_000  # the first N training images (None: all)
@@ -137,7 +139,7 @@ class Settings:
     rounds: int = 3  # timed blocks per runner and graph, the graphs taken in turn
 
 
-QUICK = Settings(train_epochs=1, finetune=FineTune(epochs=1, lr=3e-3, progress=False), sweep_images=None,
+QUICK = Settings(train_epochs=(("small_cnn", 1), ("resnet8", 1)), finetune=FineTune(epochs=1, lr=3e-3, progress=False), sweep_images=None,
                  train_limit=3000, val_size=500, test_limit=1000, batches=((256, 5), (1, 20)), rounds=1)
 
 
@@ -146,7 +148,8 @@ def reference(name: str, loaders, s: Settings, cache: Path) -> tuple[nn.Module, 
     torch.manual_seed(0)
     model = MODELS[name]()
     shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    recipe = f"{name}|{shapes}|epochs={s.train_epochs}|limit={s.train_limit}|val={s.val_size}|seed=0"
+    epochs = dict(s.train_epochs)[name]
+    recipe = f"{name}|{shapes}|epochs={epochs}|limit={s.train_limit}|val={s.val_size}|seed=0"
     path = cache / f"{name}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.pt"
     info = {"cache": str(path), "train_s": None}
     if path.is_file():
@@ -154,7 +157,7 @@ def reference(name: str, loaders, s: Settings, cache: Path) -> tuple[nn.Module, 
     else:
         t0 = time.perf_counter()
         data = DataLoader(loaders.train.dataset, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
-        train(model, data, epochs=s.train_epochs, progress=False)  # its own shuffle: the same weights whatever ran before
+        train(model, data, epochs=epochs, progress=False)  # its own shuffle: the same weights whatever ran before
         info["train_s"] = time.perf_counter() - t0
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_dir(path) as tmp:
