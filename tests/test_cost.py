@@ -148,5 +148,17 @@ def test_predict_compiled_prices_every_launch():
     conv = next(ms for _, k, ms in pred.steps if k == "conv")
     assert conv == pytest.approx(analytic_ms(conv_layer(net[0], (2, 8, 8, 8)), CPU) + CPU.launch_us * 1e-3)
     assert pred.total_ms == pytest.approx(sum(ms for *_, ms in pred.steps))
+    weights = 4 * sum(p.numel() for p in cm.graph_module.parameters())
+    assert pred.peak_bytes == cm._runner.arena_bytes + weights  # the runtime's memory plan, and the weights
     with pytest.raises(TypeError, match="compiled for target 'opencl', got target 'torch'"):
         predict_compiled(compiler.compile(net, x), model)
+
+
+def test_peak_memory_is_the_live_activations_plus_weights():
+    from compiler.cost import predict_graph
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, 1, 1)).eval()
+    gm = compiler.compile(net, torch.randn(1, 3, 8, 8), pipeline=["cleanup"]).graph_module
+    # x (192 floats) -> conv (512) -> relu (512) -> conv (256): the peak is conv + relu outputs, 1024
+    # floats; the weights are 8*3*9 + 8 + 4*8*9 + 4 = 516 floats
+    assert predict_graph(gm, CostModel(CPU)).peak_bytes == 4 * (1024 + 516)

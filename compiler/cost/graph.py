@@ -59,8 +59,15 @@ def compiled_work(cm) -> list[Work]:
 
 
 def predict_compiled(cm, model: CostModel) -> Prediction:
-    """Predicted latency of ``cm``, a model compiled with ``target="opencl"``."""
-    return model.predict(compiled_work(cm))
+    """Predicted latency of ``cm``, a model compiled with ``target="opencl"``, and its peak device
+    memory: the runtime's activation arena (its memory plan) plus the weights."""
+    pred = model.predict(compiled_work(cm))
+    pred.peak_bytes = cm._runner.arena_bytes + _weight_bytes(cm.graph_module)
+    return pred
+
+
+def _weight_bytes(gm: fx.GraphModule) -> int:
+    return 4 * sum(t.numel() for t in (*gm.parameters(), *gm.buffers()))
 
 
 def graph_work(gm: fx.GraphModule) -> list[Work]:
@@ -82,6 +89,30 @@ def graph_work(gm: fx.GraphModule) -> list[Work]:
 
 
 def predict_graph(gm: fx.GraphModule, model: CostModel) -> Prediction:
-    """Predicted latency of an fx graph before lowering, offline (no device needed). Not
-    fusion-aware (``predict_compiled`` is): the budget pass runs the ``fuse`` pass on a copy first."""
-    return model.predict(graph_work(gm))
+    """Predicted latency of an fx graph before lowering, offline (no device needed), and its peak
+    memory: the most float32 activation bytes alive at once in graph order (what an arena plan
+    approaches from above), plus the weights. Not fusion-aware (``predict_compiled`` is): the budget
+    pass runs the ``fuse`` pass on a copy first."""
+    pred = model.predict(graph_work(gm))
+    pred.peak_bytes = live_peak_bytes(gm) + _weight_bytes(gm)
+    return pred
+
+
+def live_peak_bytes(gm: fx.GraphModule) -> int:
+    """The most float32 bytes of node outputs alive at once, running ``gm``'s nodes in order: an
+    output lives from its node to its last user (graph outputs to the end)."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    last = {n: max((order[u] for u in n.users), default=len(order)) for n in gm.graph.nodes}
+    size = {n: 4 * torch.Size(meta.shape(n)).numel() if n.op != "get_attr" and meta.shape(n) is not None else 0
+            for n in gm.graph.nodes}
+    for n in gm.graph.nodes:
+        if n.op == "output":
+            for a in n.all_input_nodes:
+                last[a] = len(order)
+    live, peak, ends = 0, 0, {}
+    for n, i in order.items():
+        live += size[n]
+        peak = max(peak, live)
+        ends.setdefault(last[n], []).append(n)
+        live -= sum(size[m] for m in ends.pop(i, []))
+    return peak

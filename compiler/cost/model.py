@@ -75,6 +75,7 @@ class Work:
 @dataclass
 class Prediction:
     steps: list[tuple[str, str, float]] = field(default_factory=list)  # (node, kernel family, ms)
+    peak_bytes: int | None = None  # device memory at the peak: activations as planned, plus weights
 
     @property
     def total_ms(self) -> float:
