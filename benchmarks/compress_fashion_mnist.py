@@ -209,7 +209,7 @@ def run_point(model: nn.Module, p: Point, loaders, sweep_loader: DataLoader, s: 
     t0 = time.perf_counter()
     cm = compiler.compile(model, x1, pipeline=p.pipeline)
     r = {"point": p.label, "method": p.method, "pipeline": p.pipeline, "compile_s": time.perf_counter() - t0,
-         "params": count_params(cm.graph_module), "macs": cm.report.rows[-1].macs,
+         "params": count_params(cm.graph_module), "macs": cm.report.rows[-1].macs // len(x1),  # per image
          "refusals": [f"{row.name}: {f.node}: {f.reason}" for row in cm.report.rows for f in row.refusals]}
     r["acc_before"] = evaluate(cm.graph_module, loaders.test)[1]
     best = cm.graph_module
