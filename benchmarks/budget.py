@@ -15,7 +15,7 @@ of the two MAC-uniform baselines, whether the budget is met within 10% when meas
 output errors.
 
     .venv/bin/python benchmarks/budget.py [--quick] [--models resnet18,mobilenet_v2] [--ratios 0.7,0.5,0.35]
-                                          [--json out.json]
+                                          [--ranks 0.75,0.5,...] [--prune-ratios 0.25,0.5,...] [--json out.json]
 
 A budget beyond the candidates' reach (the pass raises BudgetError) is a row saying so, with the
 closest achievable plan the pass found.
@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="budgets 0.7 and 0.5 only")
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
     ap.add_argument("--ratios", default="0.7,0.5,0.35", help="latency budgets, fractions of the original's")
+    ap.add_argument("--ranks", help="the budget pass's rank candidates, e.g. 0.75,0.5,0.35,0.25,0.15 (default: its own)")
+    ap.add_argument("--prune-ratios", help="its pruning candidates, e.g. 0.25,0.5,0.75 (default: its own)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", help="write results here")
@@ -97,7 +99,13 @@ def main() -> None:
         for r in ratios:
             t0 = time.perf_counter()
             try:
-                cm = compiler.compile(model, x, target="opencl", budget=Budget(latency_ratio=r))
+                if args.ranks or args.prune_ratios:  # the budget pass with other candidates than its defaults
+                    options = {k: [float(v) for v in a.split(",")] for k, a in
+                               (("ranks", args.ranks), ("prune_ratios", args.prune_ratios)) if a}
+                    cm = compiler.compile(model, x, target="opencl", pipeline=[
+                        "cleanup", "fold_bn", {"name": "budget", "budget": {"latency_ratio": r}, **options}, "fuse"])
+                else:
+                    cm = compiler.compile(model, x, target="opencl", budget=Budget(latency_ratio=r))
             except BudgetError as e:  # out of the candidates' reach: a row saying so, with the closest
                 results.append({"model": name, "ratio": r, "unreachable": str(e), "plan_s": time.perf_counter() - t0})
                 rows.append([name, f"{r:.2f}", "-", "-", "unreachable: " + str(e).rpartition("is ")[2], "no"] + ["-"] * 5)
