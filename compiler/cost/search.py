@@ -7,7 +7,8 @@ error, so interactions between layers (pruning a group and factorizing a layer i
 compound) count. Two objectives, latency and output error, minimised by multi-objective TPE (Optuna
 5's default) or NSGA-II; the budget's limits are Optuna constraints (``trial.set_constraint``). The
 answer is the feasible trial with the least error; the allocation's plan is enqueued as the first
-trial, so the search never returns a worse plan than the allocator found.
+trial (with a shared storage, judged by each worker itself and kept if no trial beats it), so the
+search never returns a worse plan than the allocator found.
 
 Studies live in memory, or in any Optuna storage URL (``sqlite:///study.db``, PostgreSQL, ...):
 worker processes (or machines) that run the same compile with the same storage and study name
@@ -90,10 +91,16 @@ def search(tables: dict[str, list[Candidate]], evaluate: Callable[[dict[str, Can
                 raise BudgetError(f"search: cannot open Optuna storage {spec.storage!r} (study '{spec.study}'): "
                                   f"{e}") from e
             time.sleep(0.2 * (attempt + 1))
+    local = None  # the allocation's plan, judged here, when it cannot be the study's first trial
     if initial is not None:
-        params = {k: tables[k].index(initial[k]) for k in keys}
-        if not any(t.params == params for t in study.get_trials(deepcopy=False)):
-            study.enqueue_trial(params)
+        if spec.storage is None:
+            study.enqueue_trial({k: tables[k].index(initial[k]) for k in keys})
+        else:
+            # Workers sharing a study would all run an enqueued trial, and all but one fail to record
+            # it (Optuna "Cannot tell a COMPLETE trial" on SQLite): each judges it locally instead.
+            got = evaluate(initial)
+            if all(got[r] <= v * (1 + 1e-9) for r, v in limits.items()):
+                local = (dict(initial), got)
 
     def objective(trial) -> tuple[float, float]:
         picks = {k: tables[k][trial.suggest_categorical(k, list(range(len(tables[k]))))] for k in keys}
@@ -107,6 +114,8 @@ def search(tables: dict[str, list[Candidate]], evaluate: Callable[[dict[str, Can
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if set(t.params) == set(keys)]
     feasible = [t for t in done if all(v <= 1e-9 for v in t.constraints.values())]
+    if local is not None and (not feasible or local[1]["error"] < min(t.user_attrs["totals"]["error"] for t in feasible)):
+        return SearchResult(local[0], local[1], len(done), [{"ms": local[1]["ms"], "error": local[1]["error"]}])
     if not feasible:
         best = min(done, key=lambda t: max(t.constraints.values(), default=math.inf))
         got = best.user_attrs["totals"]
