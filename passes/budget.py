@@ -44,6 +44,7 @@ from compiler.errors import BudgetError, PipelineError
 from compiler.graph import call_counts
 from compiler.instruments import output_error
 from compiler.pass_base import Pass, PassContext, PassResult
+from compiler.pipelines import build_pass
 from compiler.report import Refusal
 from compiler.target import Target
 
@@ -57,7 +58,6 @@ from .pruning.depgraph import analyse
 log = logging.getLogger(__name__)
 RANKS = (0.75, 0.5, 0.35, 0.25)
 PRUNE_RATIOS = (0.25, 0.5)
-
 
 
 class BudgetPass(Pass, name="budget"):
@@ -106,7 +106,7 @@ class BudgetPass(Pass, name="budget"):
         tables = {}
         for n in tqdm(nodes, desc="budget: factorizations", disable=not self.progress, leave=False):
             tables[n.target] = self._candidates(gm, n, inputs[n.name], cm, sensitivity)
-        tables.update(self._prune_candidates(gm, cm, ctx, sensitivity, (before, params, macs)))
+        tables.update(self._prune_candidates(gm, cm, ctx, sensitivity, {"ms": before, "params": params, "macs": macs}))
         fixed = {"ms": before - sum(t[0].ms for t in tables.values()),
                  "params": params - sum(t[0].params for t in tables.values()),
                  "macs": macs - sum(t[0].macs for t in tables.values())}
@@ -118,7 +118,7 @@ class BudgetPass(Pass, name="budget"):
         found = None
         if self.search is None:
             alloc = self._allocate(gm, ctx, cm, tables, limits, fixed)
-            picks = {p: c for p, c in alloc.picks.items() if c.choice is not None}
+            picks = _changes(alloc.picks)
             if b.max_output_error is not None:
                 picks = self._within_error(gm, ctx, picks, reference)
             allocator = alloc.allocator
@@ -129,15 +129,13 @@ class BudgetPass(Pass, name="budget"):
                 alloc = None
 
             def evaluate(chosen: dict[str, Candidate]) -> dict[str, float]:
-                trial = copy.deepcopy(gm)
-                _apply(_plan({p: c for p, c in chosen.items() if c.choice is not None}), trial, ctx)
-                return {"ms": _predicted_ms(trial, cm, ctx), "params": count_params(trial), "macs": count_macs(trial),
-                        "error": sensitivity(trial)}
+                trial = _applied(gm, chosen, ctx)
+                return {**_totals(trial, cm, ctx), "error": sensitivity(trial)}
 
             bounds = {**limits, **({"error": b.max_output_error} if b.max_output_error is not None else {})}
             found = search(tables, evaluate, bounds, self.search, initial=alloc.picks if alloc else None,
                            progress=self.progress)
-            picks = {p: c for p, c in found.picks.items() if c.choice is not None}
+            picks = _changes(found.picks)
             allocator = f"search ({self.search.sampler})"
         plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
         results = _apply(plan, gm, ctx)
@@ -145,7 +143,7 @@ class BudgetPass(Pass, name="budget"):
         if b.max_output_error is not None and err > b.max_output_error:
             raise BudgetError(f"budget: even keeping every layer the output error is {err:.3g} > max_output_error "
                               f"{b.max_output_error}")
-        t_after = {"ms": _predicted_ms(gm, cm, ctx), "params": count_params(gm), "macs": count_macs(gm)}
+        t_after = _totals(gm, cm, ctx)
         violated = [k for k, v in limits.items() if t_after[k] > v * 1.0001]
         plan.predicted = {"before": {"ms": before, "params": params, "macs": macs}, "after": t_after,
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
@@ -172,13 +170,11 @@ class BudgetPass(Pass, name="budget"):
         one layer, both count that layer's saving), so when the applied plan misses, every limit is
         scaled by one factor, bisected on applied plans for the loosest that holds."""
         alloc = allocate(tables, limits, fixed)
-        if not any(p.startswith(PRUNE) and c.choice is not None for p, c in alloc.picks.items()):
+        if not any(p.startswith(PRUNE) for p in _changes(alloc.picks)):
             return alloc
 
         def applied(a) -> dict[str, float]:
-            trial = copy.deepcopy(gm)
-            _apply(_plan({p: c for p, c in a.picks.items() if c.choice is not None}), trial, ctx)
-            return {"ms": _predicted_ms(trial, cm, ctx), "params": count_params(trial), "macs": count_macs(trial)}
+            return _totals(_applied(gm, a.picks, ctx), cm, ctx)
 
         def holds(got) -> bool:
             return all(got[k] <= v * (1 + 1e-4) for k, v in limits.items())
@@ -207,7 +203,7 @@ class BudgetPass(Pass, name="budget"):
         return best
 
     def _prune_candidates(self, gm: fx.GraphModule, cm: CostModel, ctx: PassContext, sensitivity,
-                          base: tuple[float, int, int]) -> dict[str, list[Candidate]]:
+                          base: dict[str, float]) -> dict[str, list[Candidate]]:
         """Per channel group ``prune_channels`` would prune: keep (all zero: these tables hold changes)
         and each ratio in ``prune_ratios``, priced on a pruned copy of the whole graph."""
         if not self.prune_ratios:
@@ -222,10 +218,10 @@ class BudgetPass(Pass, name="budget"):
                 res = _prune({rep: r}).run(trial, ctx)
                 if not res.modified:
                     continue
-                ms = _predicted_ms(trial, cm, ctx) - base[0]
-                if ms >= 0:  # never slower
+                got = _totals(trial, cm, ctx)
+                if got["ms"] >= base["ms"]:  # never slower
                     continue
-                table.append(Candidate({"prune": r}, ms, count_params(trial) - base[1], count_macs(trial) - base[2],
+                table.append(Candidate({"prune": r}, *(got[k] - base[k] for k in ("ms", "params", "macs")),
                                        sensitivity(trial)))
             if len(table) > 1:
                 out[PRUNE + rep] = table
@@ -237,9 +233,7 @@ class BudgetPass(Pass, name="budget"):
         to a copy of ``gm`` keeps the measured output error within the budget's bound."""
         bound = self.budget.max_output_error
         while picks:
-            trial = copy.deepcopy(gm)
-            _apply(_plan(picks), trial, ctx)
-            err = _rel_err(reference, _run(trial, ctx.example_inputs))
+            err = _rel_err(reference, _run(_applied(gm, picks, ctx), ctx.example_inputs))
             if err <= bound:
                 break
             worst = max(picks, key=lambda p: picks[p].error)
@@ -301,7 +295,13 @@ def _prune(groups: dict[str, float]) -> PruneChannels:
     return PruneChannels(ratio=0.0, overrides=groups, round_to=PRUNE_ROUND_TO)
 
 
+def _changes(picks: dict[str, Candidate]) -> dict[str, Candidate]:
+    """The picks that change something (not "keep")."""
+    return {p: c for p, c in picks.items() if c.choice is not None}
+
+
 def _plan(picks: dict[str, Candidate], budget: dict | None = None) -> Plan:
+    picks = _changes(picks)
     return Plan(layers={p: dict(c.choice) for p, c in picks.items() if not p.startswith(PRUNE)},
                 prune={p[len(PRUNE):]: c.choice["prune"] for p, c in picks.items() if p.startswith(PRUNE)},
                 budget=budget or {})
@@ -309,8 +309,19 @@ def _plan(picks: dict[str, Candidate], budget: dict | None = None) -> Plan:
 
 def _apply(plan: Plan, gm: fx.GraphModule, ctx: PassContext) -> list[PassResult]:
     """Run the plan's passes on ``gm``: the pruning, then the factorizations."""
-    passes = {"prune_channels": PruneChannels, "factorize": Factorize}
-    return [passes[spec["name"]](**{k: v for k, v in spec.items() if k != "name"}).run(gm, ctx) for spec in plan.pipeline()]
+    return [build_pass(spec, where="budget plan").run(gm, ctx) for spec in plan.pipeline()]
+
+
+def _applied(gm: fx.GraphModule, picks: dict[str, Candidate], ctx: PassContext) -> fx.GraphModule:
+    """A copy of ``gm`` with the plan of ``picks`` applied."""
+    trial = copy.deepcopy(gm)
+    _apply(_plan(picks), trial, ctx)
+    return trial
+
+
+def _totals(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> dict[str, float]:
+    """Predicted latency, params and MACs of ``gm``, the resources a Budget bounds."""
+    return {"ms": _predicted_ms(gm, cm, ctx), "params": count_params(gm), "macs": count_macs(gm)}
 
 
 def _predicted_ms(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> float:
