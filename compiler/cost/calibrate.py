@@ -71,15 +71,15 @@ WARM_S = 0.01  # seconds of back-to-back runs before timing: PoCL's worker threa
 ROUNDS, GAP_S = 3, 0.03  # timing rounds, and the pause between them
 
 
-_SWEEP = None
-
-
 def _warm(fn) -> None:
     """Call ``fn`` once, then again until ``WARM_S`` has passed."""
     t_end = time.perf_counter() + WARM_S
     fn()
     while time.perf_counter() < t_end:
         fn()
+
+
+_SWEEP = None
 
 
 def _evict_caches() -> None:

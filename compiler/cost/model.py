@@ -239,6 +239,7 @@ class CostModel:
             mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
             keep = np.abs(r - np.median(r)) <= max(3 * mad, math.log(1.3))
             if keep.all() or keep.sum() < 3:
+                keep[:] = True  # nothing to drop, or too little would be left: the first fit stands
                 break
         # Per-geometry offsets: the mean residual of each kernel / stride / stem kind, shrunk towards 0
         # (n / (n + 2)). One slope over "kh * kw" and "stride" could not tell conv.cl's 1x1 stride-2
@@ -255,9 +256,6 @@ class CostModel:
         base = analytic_ms(layer, self.target)
         f = self.fits.get(layer.family)
         return base if f is None else f.overhead_ms + base * math.exp(f.log_ratio(layer))
-
-    def layers_ms(self, layers: list[Layer]) -> float:
-        return sum(self.layer_ms(layer) for layer in layers)
 
     def work_ms(self, w: Work) -> float:
         """Kernel time of one launch: its layer by the layer model, else its elements moved once."""
