@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -129,6 +130,8 @@ def compile(
         ``model`` as the teacher (``compiler.finetune``), before the backend step; the per-epoch
         history goes to ``report.finetune``. ``train_data`` / ``val_data`` are DataLoaders or lists
         of ``(inputs, labels)`` batches; ``val_data`` drives early stopping and the best-epoch restore.
+        With ``between_steps=N`` and a budget plan, also N epochs after each step of the plan (its
+        pruning, each factorization; ``report.finetune["between_steps"]``), before the final epochs.
     budget : Budget, optional
         Adds the ``budget`` pass before ``fuse`` (or last): per layer, keep or factorize, chosen by the
         cost model of the OpenCL device (its calibration profile when there is one) to meet the budget
@@ -156,11 +159,27 @@ def compile(
     trace_seconds = time.perf_counter() - t0
     if budget is not None:
         pipeline = with_budget(pipeline, budget)
+    between: list[dict] = []
+    if finetune is not None and finetune.between_steps:
+        pipeline = load_pipeline(pipeline)
+        planners = [p for p in pipeline if p.name == "budget"]
+        if not planners:
+            raise FineTuneError("FineTune.between_steps fine-tunes between the steps of a budget plan: give budget= "
+                                "or a pipeline with a 'budget' pass, or leave between_steps at 0")
+        step_config = replace(finetune, epochs=finetune.between_steps)
+
+        def recover(g, step: str) -> None:
+            between.append({"after": step, **run_finetune(g, model, train_data, val_data, config=step_config).to_dict()})
+
+        for p in planners:
+            p.recover = recover
     gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target
     if finetune is not None:
         report.finetune = run_finetune(gm, model, train_data, val_data, config=finetune).to_dict()
+        if between:
+            report.finetune["between_steps"] = between
     runner = backend.prepare(gm, inputs, report)
     return CompiledModel(gm, runner, report, inputs, target)

@@ -21,7 +21,9 @@ Three steps, kept apart:
    neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
    a plan with pruning is tried on a copy first, and the limits tightened until the applied plan
    meets them. With ``max_output_error``, the plan's measured output error on the example
-   inputs is checked, and the worst layer dropped until it holds.
+   inputs is checked, and the worst layer dropped until it holds. ``recover(gm, step)``, when given,
+   runs after each of those passes (``compile(budget=..., finetune=FineTune(between_steps=N))`` makes
+   it a fine-tune), so accuracy lost to pruning is won back before the factorizations see the weights.
 
 The report's details hold the plan, and predicted latency, params and MACs before and after.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -69,8 +72,13 @@ class BudgetPass(Pass, name="budget"):
                  ranks: tuple[float, ...] = RANKS, prune_ratios: tuple[float, ...] = PRUNE_RATIOS,
                  skip_first: bool = True, skip_last: bool = True,
                  plan_path: str | None = None, progress: bool = False, tolerance: float = float("inf"),
-                 search: Search | dict | None = None) -> None:
+                 search: Search | dict | None = None,
+                 recover: Callable[[fx.GraphModule, str], object] | None = None) -> None:
         self.budget = Budget.from_dict(budget)
+        if recover is not None and not callable(recover):
+            raise PipelineError(f"budget recover must be a callable (gm, step name), got {type(recover).__name__}; "
+                                "it is for Python pipelines, e.g. compile(finetune=FineTune(between_steps=1))")
+        self.recover = recover
         self.search = Search.from_dict(search) if search is not None else None
         for what, values in (("ranks", ranks), ("prune_ratios", prune_ratios)):
             if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1 for r in values):
@@ -138,7 +146,7 @@ class BudgetPass(Pass, name="budget"):
             picks = _changes(found.picks)
             allocator = f"search ({self.search.sampler})"
         plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
-        results = _apply(plan, gm, ctx)
+        results = _apply(plan, gm, ctx, after_step=self.recover)
         err = _rel_err(reference, _run(gm, ctx.example_inputs))
         if b.max_output_error is not None and err > b.max_output_error:
             raise BudgetError(f"budget: even keeping every layer the output error is {err:.3g} > max_output_error "
@@ -307,9 +315,16 @@ def _plan(picks: dict[str, Candidate], budget: dict | None = None) -> Plan:
                 budget=budget or {})
 
 
-def _apply(plan: Plan, gm: fx.GraphModule, ctx: PassContext) -> list[PassResult]:
-    """Run the plan's passes on ``gm``: the pruning, then the factorizations."""
-    return [build_pass(spec, where="budget plan").run(gm, ctx) for spec in plan.pipeline()]
+def _apply(plan: Plan, gm: fx.GraphModule, ctx: PassContext,
+           after_step: Callable[[fx.GraphModule, str], object] | None = None) -> list[PassResult]:
+    """Run the plan's passes on ``gm``: the pruning, then the factorizations; ``after_step(gm, step)``
+    after each, the step named by its pass ("prune_channels", "factorize tucker2")."""
+    results = []
+    for spec in plan.pipeline():
+        results.append(build_pass(spec, where="budget plan").run(gm, ctx))
+        if after_step is not None:
+            after_step(gm, " ".join(str(spec[k]) for k in ("name", "method") if k in spec))
+    return results
 
 
 def _applied(gm: fx.GraphModule, picks: dict[str, Candidate], ctx: PassContext) -> fx.GraphModule:

@@ -293,3 +293,37 @@ def test_search_over_tables_meets_limits_and_names_a_bad_storage(tmp_path):
         search(TABLES, evaluate, {"ms": 10.0}, Search(trials=30, seed=0))
     with pytest.raises(BudgetError, match="cannot open Optuna storage 'sqlite:////no/such/dir/s.db'"):
         search(TABLES, evaluate, {"ms": 20.0}, Search(trials=1, storage="sqlite:////no/such/dir/s.db"))
+
+
+def test_finetune_runs_between_the_steps_of_a_budget_plan():
+    from compiler.finetune import FineTune
+
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(4)]
+    pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.4), "target": CPU, "ranks": [0.5, 0.25],
+                            "prune_ratios": [0.25, 0.5]}, "fuse"]
+
+    def run(between_steps):
+        cfg = FineTune(epochs=1, between_steps=between_steps, lr=1e-3, progress=False)
+        return compiler.compile(model, x, pipeline=pipeline, finetune=cfg, train_data=data, val_data=data[:1])
+
+    cm = run(1)
+    summary = _budget_row(cm).details[-1]
+    steps = (["prune_channels"] if summary["prune"] else []) + [
+        f"factorize {m}" for m in sorted({c["method"] for c in summary["plan"].values()})]
+    assert len(steps) >= 2  # pruning and a factorization: there is a "between"
+    between = cm.report.finetune["between_steps"]
+    assert [b["after"] for b in between] == steps
+    assert all(len(b["history"]) == 1 and b["history"][0]["train_loss"] > 0 for b in between)
+    plain = run(0)  # the same plan without the fine-tunes between its steps
+    assert "between_steps" not in plain.report.finetune
+    assert _budget_row(plain).details[-1]["plan"] == summary["plan"]
+    with torch.no_grad():
+        assert rel_err(cm(x), plain(x)) > 1e-3  # the factorizations saw fine-tuned weights
+    with pytest.raises(compiler.FineTuneError, match="between the steps of a budget plan"):
+        compiler.compile(model, x, pipeline=["cleanup"], finetune=FineTune(between_steps=1, progress=False), train_data=data)
+    with pytest.raises(compiler.FineTuneError, match="between_steps must be an int >= 0"):
+        FineTune(between_steps=-1)
+    with pytest.raises(compiler.PipelineError, match="recover must be a callable"):
+        compiler.compile(model, x, pipeline=[{"name": "budget", "budget": {"params": 10}, "recover": "finetune"}])

@@ -41,10 +41,13 @@ class FineTune:
     features: tuple[FeatureSpec, ...] = ()  # layers whose outputs are matched by MSE; shapes must agree
     feature_weight: float = 1.0
     progress: bool = True  # tqdm bar (rank 0 only); False for scripts and tests
+    between_steps: int = 0  # with a budget plan in compile(): epochs after each of its steps (pruning, each factorization)
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise FineTuneError(f"FineTune epochs must be an int >= 1, got {self.epochs!r}")
+        if isinstance(self.between_steps, bool) or not isinstance(self.between_steps, int) or self.between_steps < 0:
+            raise FineTuneError(f"FineTune between_steps must be an int >= 0, got {self.between_steps!r}")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise FineTuneError(f"FineTune patience must be an int >= 1, got {self.patience!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -87,7 +87,8 @@ def finetune(
     ctx = setup_distributed()
     was_training = student.training, teacher.training
     try:
-        with torch.random.fork_rng(devices=[]), _deterministic():  # the caller's RNG state is left alone
+        # the caller's RNG state is left alone; gradients are on even when called under no_grad (a pass)
+        with torch.random.fork_rng(devices=[]), _deterministic(), torch.enable_grad():
             torch.manual_seed(config.seed)
             return _run(student, teacher, train_loader, val_loader, config, taps, ctx)
     finally:
