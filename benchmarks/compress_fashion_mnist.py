@@ -23,7 +23,12 @@
    (2 threads), at batch 256 and 1. Latency is measured once all the training is done, in rounds
    over every graph; each runner is timed in its own block (a pause, warm-up calls, then the
    repeats), never call by call: the thread pools of torch, onnxruntime and PoCL share two cores
-   and keep spinning after a call (``_timing.blocked_median_ms``). Medians over the rounds.
+   and keep spinning after a call (``_timing.blocked_median_ms``). Per runner and graph, the least
+   block median over the rounds: on this shared VM one compiled graph's time moves in phases of
+   seconds (25 to 55 ms per call for one model within a minute), and the least block is the
+   undisturbed device, as ``compiler.cost.wall_ms`` and ``_timing.best_block_ms`` take it (with
+   the median of 3 rounds, the acceptance candidate's OpenCL speed-up read 1.60x in one run and
+   2.05 to 2.2x when its timing alone was repeated on the same graphs).
 
 Writes ``results.json``, ``pareto.png`` (accuracy against measured latency and against params) and
 ``table.md`` into ``--out``, all atomically (``accuracy.json`` first, before the timing); prints the
@@ -37,7 +42,6 @@ import copy
 import hashlib
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -136,7 +140,7 @@ class Settings:
     val_size: int = 5000
     test_limit: int | None = None
     batches: tuple[tuple[int, int], ...] = ((256, 10), (1, 50))  # (batch size, timed calls per block)
-    rounds: int = 3  # timed blocks per runner and graph, the graphs taken in turn
+    rounds: int = 5  # timed blocks per runner and graph, the graphs taken in turn; the least counts
 
 
 QUICK = Settings(train_epochs=(("small_cnn", 1), ("resnet8", 1)), finetune=FineTune(epochs=1, lr=3e-3, progress=False), sweep_images=None,
@@ -170,7 +174,8 @@ def latencies(graphs: list[nn.Module], s: Settings, workdir: Path) -> list[dict]
     """OpenCL and onnxruntime latency of every graph at each batch size, with OpenCL compile time and parity.
 
     Measured after all the training, in rounds over all graphs (each runner in its own block), so load
-    from other processes lands on every point alike and the ratios against the original hold.
+    from other processes lands on every point alike and the ratios against the original hold; the
+    least block median over the rounds counts.
     """
     x1 = torch.randn(1, 1, 28, 28)
     out: list[dict] = [{} for _ in graphs]
@@ -196,7 +201,7 @@ def latencies(graphs: list[nn.Module], s: Settings, workdir: Path) -> list[dict]
                 rounds[i].append(blocked_median_ms({"opencl": lambda: ocl(x), "onnxruntime": lambda: ort(x)}, rounds=1,
                                                    per_block=repeats, warmup=3, settle_s=0.2))
         for res, ms in zip(out, rounds):
-            res[str(b)].update({f"{k}_ms": statistics.median(m[k] for m in ms) for k in ("opencl", "onnxruntime")})
+            res[str(b)].update({f"{k}_ms": min(m[k] for m in ms) for k in ("opencl", "onnxruntime")})
         del ocls  # frees the device arenas before the next batch size
     return out
 
