@@ -1,6 +1,7 @@
 """``compile()``: trace, run a pipeline of passes, and hand the result to a backend."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterable
@@ -97,6 +98,13 @@ def with_budget(pipeline: PipelineSpec, budget: Budget) -> list:
     return passes[:at] + [build_pass({"name": "budget", "budget": budget}, where="compile(budget=...)")] + passes[at:]
 
 
+def _with_recover(planner, recover):
+    """A copy of the budget pass ``planner`` that calls ``recover(gm, step)`` after each plan step."""
+    out = copy.copy(planner)
+    out.recover = recover
+    return out
+
+
 def compile(
     model: nn.Module,
     example_inputs,
@@ -162,8 +170,7 @@ def compile(
     between: list[dict] = []
     if finetune is not None and finetune.between_steps:
         pipeline = load_pipeline(pipeline)
-        planners = [p for p in pipeline if p.name == "budget"]
-        if not planners:
+        if not any(p.name == "budget" for p in pipeline):
             raise FineTuneError("FineTune.between_steps fine-tunes between the steps of a budget plan: give budget= "
                                 "or a pipeline with a 'budget' pass, or leave between_steps at 0")
         step_config = replace(finetune, epochs=finetune.between_steps)
@@ -171,8 +178,8 @@ def compile(
         def recover(g, step: str) -> None:
             between.append({"after": step, **run_finetune(g, model, train_data, val_data, config=step_config).to_dict()})
 
-        for p in planners:
-            p.recover = recover
+        # copies: the caller's pass objects are not left holding this call's model and data
+        pipeline = [_with_recover(p, recover) if p.name == "budget" else p for p in pipeline]
     gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__

@@ -316,6 +316,12 @@ def test_finetune_runs_between_the_steps_of_a_budget_plan():
     between = cm.report.finetune["between_steps"]
     assert [b["after"] for b in between] == steps
     assert all(len(b["history"]) == 1 and b["history"][0]["train_loss"] > 0 for b in between)
+    from passes.budget import BudgetPass
+
+    mine = BudgetPass(budget=Budget(latency_ratio=0.4), target=CPU, ranks=(0.5,), prune_ratios=(0.5,))
+    compiler.compile(model, x, pipeline=["cleanup", mine], train_data=data,
+                     finetune=FineTune(epochs=1, between_steps=1, progress=False))
+    assert mine.recover is None  # the caller's pass object is not left holding this call's fine-tune
     plain = run(0)  # the same plan without the fine-tunes between its steps
     assert "between_steps" not in plain.report.finetune
     assert _budget_row(plain).details[-1]["plan"] == summary["plan"]

@@ -44,12 +44,10 @@ class FineTune:
     between_steps: int = 0  # with a budget plan in compile(): epochs after each of its steps (pruning, each factorization)
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise FineTuneError(f"FineTune epochs must be an int >= 1, got {self.epochs!r}")
-        if isinstance(self.between_steps, bool) or not isinstance(self.between_steps, int) or self.between_steps < 0:
-            raise FineTuneError(f"FineTune between_steps must be an int >= 0, got {self.between_steps!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise FineTuneError(f"FineTune patience must be an int >= 1, got {self.patience!r}")
+        for name, lo in (("epochs", 1), ("between_steps", 0), ("patience", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise FineTuneError(f"FineTune {name} must be an int >= {lo}, got {v!r}")
         if self.optimizer not in OPTIMIZERS:
             raise FineTuneError(f"unknown optimizer '{self.optimizer}', valid choices are {choices(OPTIMIZERS)}")
         for name, lo in (("lr", 0.0), ("temperature", 0.0)):
