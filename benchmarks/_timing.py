@@ -59,15 +59,13 @@ def blocked_median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_
 
 def best_block_ms(fns: dict[str, Callable[[], object]], *, rounds: int = 4, per_block: int = 5,
                   settle_s: float = 0.1) -> dict[str, float]:
-    """Per callable, the least over ``rounds`` of its block's median ms, blocks interleaved as in
-    ``blocked_median_ms``. On this shared VM a model's time is bimodal in phases of seconds
-    (MobileNetV2 at batch 8: 17.8 or 27 ms per call, in one process); the least block median is the
-    undisturbed device, the statistic ``compiler.cost.wall_ms`` calibrates against."""
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        got = blocked_median_ms(fns, rounds=1, per_block=per_block, settle_s=settle_s)
-        best = {name: min(best[name], got[name]) for name in fns}
-    return best
+    """Per callable, the least over ``rounds`` of its block's median ms, blocks taken in turns:
+    ``compiler.cost.wall_ms_each``, the statistic the cost model calibrates against (on this shared VM
+    a model's time is bimodal in phases of seconds; the least block median is the undisturbed device)."""
+    from compiler.cost import wall_ms_each
+
+    with torch.no_grad():
+        return wall_ms_each(fns, rounds=rounds, per_block=per_block, gap_s=settle_s)
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:

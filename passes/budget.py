@@ -271,7 +271,8 @@ class BudgetPass(Pass, name="budget"):
         one with the factorized chain swapped in for the layer."""
         layer = gm.get_submodule(n.target)
         shape = tuple(x.shape)
-        keep = _price(cm, layer, shape)
+        nchw = isinstance(n.args[0], fx.Node) and n.args[0].op == "placeholder"  # reads the model's input
+        keep = _price(cm, layer, shape, nchw)
         out = [Candidate(None, keep[0], count_params(layer), keep[1])]
         linear = isinstance(layer, nn.Linear)
         method = _method(layer)
@@ -283,7 +284,7 @@ class BudgetPass(Pass, name="budget"):
             if nparams >= out[0].params:
                 continue
             chain = nn.Sequential(*build_chain(method, layer, m.decompose(w, ranks)))
-            ms, macs = _price(cm, chain, shape)
+            ms, macs = _price(cm, chain, shape, nchw)
             if ms >= keep[0]:  # never slower: fewer MACs that the target would run slower are not offered
                 continue
             gm.set_submodule(n.target, chain)
@@ -354,8 +355,8 @@ def _method(layer: nn.Module) -> str:
     return "svd" if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1) else "tucker2"
 
 
-def _price(cm: CostModel, m: nn.Module, shape) -> tuple[float, int]:
-    layers, _ = module_layers(m, shape)
+def _price(cm: CostModel, m: nn.Module, shape, nchw: bool = False) -> tuple[float, int]:
+    layers, _ = module_layers(m, shape, nchw=nchw)
     return sum(cm.launch_ms(Work("", x.family, x)) for x in layers), sum(x.macs for x in layers)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 
 from .. import meta
-from .families import FAMILIES
+from .families import CONV, FAMILIES
 from .layers import Layer, module_layers
 from .model import CostModel, Prediction, Work
 
@@ -23,10 +23,11 @@ __all__ = ["Prediction", "Work", "compiled_work", "graph_work", "predict_compile
 
 
 def _layers_of(gm: fx.GraphModule, n: fx.Node) -> list[Layer]:
+    """The layers of a conv / linear node; a conv on the graph's input reads it as uploaded (NCHW)."""
     if n.op != "call_module" or not n.args or not isinstance(n.args[0], fx.Node):
         return []
     try:
-        return module_layers(gm.get_submodule(n.target), meta.shape(n.args[0]))[0]
+        return module_layers(gm.get_submodule(n.target), meta.shape(n.args[0]), nchw=n.args[0].op == "placeholder")[0]
     except Exception:  # noqa: BLE001 - not a priced module: its steps are costed by bytes
         return []
 
@@ -52,6 +53,9 @@ def compiled_work(cm) -> list[Work]:
             queue = pending[key]
             if queue and queue[0].family == step.kernel:
                 layer = queue.pop(0)
+                if layer.family == CONV:  # conv.cl reads NCHW when its input is as uploaded
+                    x = step.reads[0]
+                    layer = replace(layer, nchw=tuple(x.order) == (0, 1, 2, 3) and x.offset == 0)
         out.append(Work(step.node, step.kernel, layer, 0 if layer else sum(v.numel for v in (*step.reads, *step.writes))))
     io = sum(v.numel for v in (*runner.lowered.inputs, *runner.lowered.output_values))
     out.append(Work("input/output", "copies", None, io))

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .families import CONV_1X1, DWCONV, GEMM, GEMM_NR, WINOGRAD, channel_blocks, conv_family, conv_geometry, conv_panels, gemm_rows
+from .families import CONV, CONV_1X1, DWCONV, GEMM, GEMM_NR, WINOGRAD, channel_blocks, conv_family, conv_geometry, conv_panels, gemm_rows
 
 from ..errors import InputError
 from ..ops import FusedOp
@@ -41,6 +41,16 @@ class Layer:
     kw: int = 1
     stride: int = 1
     groups: int = 1
+    nchw: bool = False  # conv.cl reading the model's input as uploaded (NCHW), not the NHWC it writes
+
+    @property
+    def fit_key(self) -> str:
+        """Which calibrated correction prices it: its kernel family, with conv.cl reading NCHW apart.
+        Its -DX_NCHW form reads each pixel's channels a plane apart (ResNet-18's 1x1 / 2 downsample at
+        batch 8: 0.71 ms so, 0.58 on NHWC). With one fit over both, and every calibration layer timed
+        on NCHW (a one-layer model's input), ResNet-18's and MobileNetV2's stems were priced at 1.4x
+        and 2x their time."""
+        return self.family + (" nchw" if self.nchw else "")
 
     @property
     def macs(self) -> int:
@@ -89,7 +99,9 @@ class Layer:
         return asdict(self)
 
 
-def conv_layer(conv: nn.Conv2d, x_shape: tuple[int, ...]) -> Layer:
+def conv_layer(conv: nn.Conv2d, x_shape: tuple[int, ...], *, nchw: bool = False) -> Layer:
+    """The layer ``conv`` runs on input of ``x_shape``; ``nchw``: the input is the model's (as uploaded),
+    which conv.cl reads as it is (the other families get a layout copy first)."""
     if len(x_shape) != 4 or x_shape[1] != conv.in_channels:
         raise InputError(f"a Conv2d({conv.in_channels}, {conv.out_channels}) takes [N, {conv.in_channels}, H, W] "
                          f"input, got {tuple(x_shape)}")
@@ -97,7 +109,8 @@ def conv_layer(conv: nn.Conv2d, x_shape: tuple[int, ...]) -> Layer:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(conv)
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return Layer(conv_family(conv), n, c, conv.out_channels, h, w, oh, ow, kh, kw, max(sh, sw), conv.groups)
+    family = conv_family(conv)
+    return Layer(family, n, c, conv.out_channels, h, w, oh, ow, kh, kw, max(sh, sw), conv.groups, nchw and family == CONV)
 
 
 def linear_layer(lin: nn.Linear, x_shape: tuple[int, ...]) -> Layer:
@@ -107,20 +120,21 @@ def linear_layer(lin: nn.Linear, x_shape: tuple[int, ...]) -> Layer:
     return Layer(GEMM, math.prod(x_shape[:-1]), lin.in_features, lin.out_features, 1, 1, 1, 1)
 
 
-def module_layers(m: nn.Module, x_shape: tuple[int, ...]) -> tuple[list[Layer], tuple[int, ...]]:
+def module_layers(m: nn.Module, x_shape: tuple[int, ...], *, nchw: bool = False) -> tuple[list[Layer], tuple[int, ...]]:
     """The layers a conv, linear, FusedOp or Sequential chain of them (what factorize emits) runs,
-    and its output shape. Other modules inside a chain raise InputError naming them."""
+    and its output shape; ``nchw``: ``m`` reads the model's input (``conv_layer``), so the chain's
+    first layer does. Other modules inside a chain raise InputError naming them."""
     if isinstance(m, FusedOp):
         m = m.op
     if type(m) is nn.Conv2d:
-        layer = conv_layer(m, x_shape)
+        layer = conv_layer(m, x_shape, nchw=nchw)
         return [layer], (layer.n, layer.cout, layer.oh, layer.ow)
     if type(m) is nn.Linear:
         return [linear_layer(m, x_shape)], (*x_shape[:-1], m.out_features)
     if isinstance(m, nn.Sequential):
         layers, shape = [], tuple(x_shape)
         for child in m:
-            more, shape = module_layers(child, shape)
+            more, shape = module_layers(child, shape, nchw=nchw and not layers)
             layers += more
         return layers, shape
     raise InputError(f"the cost model prices Conv2d, Linear, FusedOp and Sequential chains of them, "
