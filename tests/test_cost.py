@@ -162,3 +162,79 @@ def test_peak_memory_is_the_live_activations_plus_weights():
     # x (192 floats) -> conv (512) -> relu (512) -> conv (256): the peak is conv + relu outputs, 1024
     # floats; the weights are 8*3*9 + 8 + 4*8*9 + 4 = 516 floats
     assert predict_graph(gm, CostModel(CPU)).peak_bytes == 4 * (1024 + 516)
+
+
+def test_composition_is_fitted_without_an_outlier_network():
+    from compiler.cost import Work
+
+    # Networks of copies only (kernel ms = their bytes over the bandwidth): wall = 1.2 x kernels
+    # + 5 us a launch + 0.05 ms a call, exactly, except one network that ran 1.6x that.
+    networks = []
+    for i, (launches, elements) in enumerate([(4, 10**5), (9, 3 * 10**5), (20, 10**6), (6, 4 * 10**6), (30, 2 * 10**5),
+                                              (12, 8 * 10**5), (40, 5 * 10**5), (16, 2 * 10**6)]):
+        work = [Work(f"n{j}", "copies", None, elements) for j in range(launches)]
+        wall = 1.2 * launches * 4 * elements / (CPU.bandwidth_gbs * 1e6) + launches * 0.005 + 0.05
+        networks.append((work, 1.6 * wall if i == 2 else wall))
+    model = CostModel(CPU, Profile(device="test", target=CPU, networks=networks))
+    assert model.networks_dropped == 1
+    assert (model.scale, model.step_us, model.call_ms) == pytest.approx((1.2, 5.0, 0.05), rel=1e-6)
+    del networks[2]
+    clean = CostModel(CPU, Profile(device="test", target=CPU, networks=networks))
+    assert clean.networks_dropped == 0 and clean.scale == pytest.approx(1.2)
+
+
+def test_a_conv_on_the_models_input_is_priced_as_reading_nchw():
+    from compiler.cost import compiled_work, graph_work, predict_compiled
+
+    pytest.importorskip("pyopencl")
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    try:
+        cm = compiler.compile(net, x, target="opencl")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no OpenCL device: {e}")
+    convs = [w.layer for w in compiled_work(cm) if w.kernel == "conv"]
+    assert [(ly.cin, ly.nchw, ly.fit_key) for ly in convs] == [(3, True, "conv nchw"), (16, False, "conv")]
+    gm = compiler.compile(net, x).graph_module  # planning, before lowering, decides alike
+    assert [w.layer.nchw for w in graph_work(gm) if w.layer is not None] == [True, False]
+    # The two forms are priced by two fits: here conv.cl on NCHW is calibrated 3x slower.
+    plain = [(ly, ms) for ly, ms in _synthetic(0.0, 0.0) if ly.family == "conv"]
+    samples = plain + [(Layer(**{**ly.to_dict(), "nchw": True}), 3 * ms) for ly, ms in plain]
+    model = CostModel(CPU, Profile(device="test", target=CPU, samples=samples))
+    assert set(model.fits) == {"conv", "conv nchw"}
+    stem, body = convs
+    assert model.layer_ms(stem) == pytest.approx(3 * analytic_ms(stem, CPU), rel=1e-2)
+    assert model.layer_ms(body) == pytest.approx(analytic_ms(body, CPU), rel=1e-2)
+    assert predict_compiled(cm, model).total_ms > 0
+
+
+def test_layers_are_timed_reading_what_another_layer_wrote():
+    from compiler.cost import kernel_ms_pass, prepare_layer
+
+    pytest.importorskip("pyopencl")
+    try:
+        stem = prepare_layer(nn.Conv2d(3, 16, 3, 2, 1), (1, 3, 32, 32))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no OpenCL device: {e}")
+    body = prepare_layer(nn.Conv2d(24, 32, 3, 1, 1), (1, 24, 16, 16))
+    dw = prepare_layer(nn.Conv2d(24, 24, 3, 1, 1, groups=24), (1, 24, 16, 16))
+    assert stem[0].nchw and set(stem[1]()) == {"conv"}  # the model's input, as uploaded
+    assert not body[0].nchw and set(body[1]()) >= {"dwconv", "conv"}  # a depthwise layer writes its input
+    assert dw[0].family == "dwconv" and set(dw[1]()) >= {"conv 1x1 (gemm)", "dwconv"}  # a 1x1 conv writes it
+    ms = kernel_ms_pass([stem, body, dw], repeats=2)
+    assert len(ms) == 3 and all(0 < t < 1000 for t in ms)
+
+
+def test_wall_ms_each_takes_turns_and_spreads_its_rounds():
+    import time
+
+    from compiler.cost import wall_ms_each
+
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), time.sleep(0.001))}
+    t0 = time.perf_counter()
+    ms = wall_ms_each(fns, rounds=3, per_block=2, gap_s=0.0, span_s=0.3)
+    assert time.perf_counter() - t0 >= 0.2  # the third round starts 0.2 s in
+    turns = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    assert turns == ["a", "b"] * 3
+    assert set(ms) == {"a", "b"} and ms["b"] >= 1.0 > ms["a"]

@@ -50,7 +50,7 @@ class Layer:
         batch 8: 0.71 ms so, 0.58 on NHWC). With one fit over both, and every calibration layer timed
         on NCHW (a one-layer model's input), ResNet-18's and MobileNetV2's stems were priced at 1.4x
         and 2x their time."""
-        return self.family + (" nchw" if self.nchw else "")
+        return self.family + (" nchw" if self.nchw and self.family == CONV else "")
 
     @property
     def macs(self) -> int:
