@@ -238,9 +238,9 @@ def wall_ms_each(fns: dict, *, rounds: int = 4, per_block: int = 5, gap_s: float
     (see ``PASSES``), hence ``span_s``. The calibration's networks and the benchmarks' models are all
     timed by this."""
     best = {name: math.inf for name in fns}
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     for r in range(rounds):
-        time.sleep(max(0.0, t0 + r * span_s / rounds - time.perf_counter()))
+        time.sleep(max(0.0, start + r * span_s / rounds - time.perf_counter()))
         for name, fn in fns.items():
             if r or len(fns) > 1:
                 time.sleep(gap_s)
