@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from compiler.analysis import count_macs, count_params
 from compiler.budget import PRUNE_ROUND_TO, Budget, Plan
 from compiler.cost import CostModel, Work, module_layers, predict_graph
+from compiler.cost.graph import reads_model_input
 from compiler.cost.allocate import Candidate, allocate
 from compiler.cost.search import Search, search
 from compiler.errors import BudgetError, PipelineError
@@ -271,7 +272,7 @@ class BudgetPass(Pass, name="budget"):
         one with the factorized chain swapped in for the layer."""
         layer = gm.get_submodule(n.target)
         shape = tuple(x.shape)
-        nchw = isinstance(n.args[0], fx.Node) and n.args[0].op == "placeholder"  # reads the model's input
+        nchw = reads_model_input(n)
         keep = _price(cm, layer, shape, nchw)
         out = [Candidate(None, keep[0], count_params(layer), keep[1])]
         linear = isinstance(layer, nn.Linear)

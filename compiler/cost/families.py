@@ -49,6 +49,15 @@ def conv_family(conv: nn.Conv2d) -> str:
     return CONV
 
 
+
+NCHW_ORDER = (0, 1, 2, 3)  # a value's physical dim order as the model's input is uploaded
+
+
+def reads_nchw(family: str, order: tuple[int, ...], offset: int) -> bool:
+    """conv.cl reads its input as uploaded (NCHW, at the start of its storage: the model's input) with
+    -DX_NCHW, no layout copy before it; every other family, and conv.cl on anything else, reads NHWC."""
+    return family == CONV and tuple(order) == NCHW_ORDER and offset == 0
+
 # Blockings: how many channels, pixels and rows one work-item of each kernel computes. Layer.blocking
 # prices the padding they imply; the lowering launches with them.
 

@@ -12,14 +12,20 @@ import torch
 import torch.fx as fx
 
 from .. import meta
-from .families import CONV, FAMILIES
+from .families import FAMILIES, reads_nchw
 from .layers import Layer, module_layers
 from .model import CostModel, Prediction, Work
 
 VIEWS = {"view", "reshape", "flatten", "permute", "transpose", "size", "contiguous", "squeeze", "unsqueeze"}
 VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze}
 
-__all__ = ["Prediction", "Work", "compiled_work", "graph_work", "predict_compiled", "predict_graph"]
+__all__ = ["Prediction", "Work", "compiled_work", "graph_work", "predict_compiled", "predict_graph", "reads_model_input"]
+
+
+def reads_model_input(n: fx.Node) -> bool:
+    """Whether ``n``'s first argument is the graph's input: before lowering, what tells that a conv
+    there will read it as uploaded (``families.reads_nchw``)."""
+    return bool(n.args) and isinstance(n.args[0], fx.Node) and n.args[0].op == "placeholder"
 
 
 def _layers_of(gm: fx.GraphModule, n: fx.Node) -> list[Layer]:
@@ -27,7 +33,7 @@ def _layers_of(gm: fx.GraphModule, n: fx.Node) -> list[Layer]:
     if n.op != "call_module" or not n.args or not isinstance(n.args[0], fx.Node):
         return []
     try:
-        return module_layers(gm.get_submodule(n.target), meta.shape(n.args[0]), nchw=n.args[0].op == "placeholder")[0]
+        return module_layers(gm.get_submodule(n.target), meta.shape(n.args[0]), nchw=reads_model_input(n))[0]
     except Exception:  # noqa: BLE001 - not a priced module: its steps are costed by bytes
         return []
 
@@ -53,9 +59,8 @@ def compiled_work(cm) -> list[Work]:
             queue = pending[key]
             if queue and queue[0].family == step.kernel:
                 layer = queue.pop(0)
-                if layer.family == CONV:  # conv.cl reads NCHW when its input is as uploaded
-                    x = step.reads[0]
-                    layer = replace(layer, nchw=tuple(x.order) == (0, 1, 2, 3) and x.offset == 0)
+                x = step.reads[0]  # the layout the lowering really gave the layer's input
+                layer = replace(layer, nchw=reads_nchw(layer.family, x.order, x.offset))
         out.append(Work(step.node, step.kernel, layer, 0 if layer else sum(v.numel for v in (*step.reads, *step.writes))))
     io = sum(v.numel for v in (*runner.lowered.inputs, *runner.lowered.output_values))
     out.append(Work("input/output", "copies", None, io))

@@ -13,11 +13,11 @@ from torch import nn
 
 from compiler import meta
 from compiler.cost.families import (CONV, CONV_1X1, DWCONV, GEMM, WINOGRAD, channel_blocks, conv_family, conv_geometry,
-                                     conv_panels, vector_width)
+                                     conv_panels, reads_nchw, vector_width)
 
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
-from .lower import NCHW, NHWC, Lowering, Value
+from .lower import NHWC, Lowering, Value
 from .ops import UNARY, Launch, _kernel, contiguous, eltwise
 
 # Convolutions lower to one of three kernels (measurements in the .cl headers):
@@ -48,8 +48,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
     if conv.padding_mode != "zeros" or len(x.shape) != 4 or (act is not None and act not in UNARY):
         return None
     family = conv_family(conv)
-    # conv.cl also reads NCHW (the model's input as uploaded): no layout copy before a stem conv
-    x_nchw = family == CONV and tuple(x.order) == NCHW and x.offset == 0
+    x_nchw = reads_nchw(family, x.order, x.offset)  # a stem conv: no layout copy before it
     if not x_nchw:
         x = contiguous(lw, n, x, NHWC)
     res = contiguous(lw, n, res, NHWC) if res is not None else None
