@@ -19,8 +19,9 @@ Three steps, kept apart:
 3. execution: the decisions become a ``compiler.budget.Plan`` (JSON, replayable on the original model
    as a prune_channels pass and factorize passes) and those passes run here. Pruning and factorizing
    neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
-   a plan with pruning is tried on a copy first, and the limits tightened until the applied plan
-   meets them. With ``max_output_error``, the plan's measured output error on the example
+   a plan with pruning is tried on a copy first: a factorization no faster than its layer as pruned
+   is held at "keep" and the rest allocated again, and the limits are tightened until the applied
+   plan meets them. With ``max_output_error``, the plan's measured output error on the example
    inputs is checked, and the worst layer dropped until it holds. ``recover(gm, step)``, when given,
    runs after each of those passes (``compile(budget=..., finetune=FineTune(between_steps=N))`` makes
    it a fine-tune), so accuracy lost to pruning is won back before the factorizations see the weights.
@@ -42,7 +43,7 @@ from compiler.analysis import count_macs, count_params
 from compiler.budget import PRUNE_ROUND_TO, Budget, Plan
 from compiler.cost import CostModel, Work, module_layers, predict_graph
 from compiler.cost.graph import reads_model_input
-from compiler.cost.allocate import Candidate, allocate
+from compiler.cost.allocate import Allocation, Candidate, allocate
 from compiler.cost.search import Search, search
 from compiler.errors import BudgetError, PipelineError
 from compiler.graph import call_counts
@@ -176,19 +177,41 @@ class BudgetPass(Pass, name="budget"):
     def _allocate(self, gm, ctx, cm, tables, limits, fixed):
         """``allocate``; then, when the plan prunes, the plan applied to a copy and checked. Its moves
         do not add exactly (pruning a group and factorizing a layer in it, or two groups meeting in
-        one layer, both count that layer's saving), so when the applied plan misses, every limit is
+        one layer, both count that layer's saving), so the factorizations that pruning made no faster
+        are dropped (``_slower_once_pruned``), and when the applied plan still misses, every limit is
         scaled by one factor, bisected on applied plans for the loosest that holds."""
         alloc = allocate(tables, limits, fixed)
         if not any(p.startswith(PRUNE) for p in _changes(alloc.picks)):
             return alloc
 
-        def applied(a) -> dict[str, float]:
-            return _totals(_applied(gm, a.picks, ctx), cm, ctx)
+        def settled(limits: dict[str, float]) -> tuple[Allocation, dict[str, float]]:
+            """The allocation at ``limits`` with the layers whose factorization its pruning makes no
+            faster held at "keep", allocated again (so pruning can make up for them) until none is
+            left, at most 4 rounds; and its totals once applied."""
+            kept: set[str] = set()
+            a = None
+            for _ in range(4):
+                try:
+                    a = allocate({p: t[:1] if p in kept else t for p, t in tables.items()}, limits, fixed)
+                except BudgetError:
+                    if a is None:
+                        raise
+                    break  # out of reach with those layers kept: the allocation before, without them
+                slower = self._slower_once_pruned(gm, ctx, cm, a.picks)
+                if not slower:
+                    break
+                log.info("budget: %d layers' factorizations are no faster once pruned, kept: %s",
+                         len(slower), sorted(slower))
+                kept |= slower
+            if slower:
+                picks = {p: tables[p][0] if p in slower else c for p, c in a.picks.items()}
+                a = Allocation(picks, a.totals, sum(c.error for c in picks.values()), a.allocator)
+            return a, _totals(_applied(gm, a.picks, ctx), cm, ctx)
 
         def holds(got) -> bool:
             return all(got[k] <= v * (1 + 1e-4) for k, v in limits.items())
 
-        got = applied(alloc)
+        alloc, got = settled(limits)
         if holds(got):
             return alloc
         log.info("budget: the plan gives %s once applied, over the limits %s; tightening", got, limits)
@@ -196,11 +219,10 @@ class BudgetPass(Pass, name="budget"):
         for _ in range(8):
             mid = (lo + hi) / 2
             try:
-                trial = allocate(tables, {k: v * mid for k, v in limits.items()}, fixed)
+                trial, got = settled({k: v * mid for k, v in limits.items()})
             except BudgetError:
                 lo = mid  # beyond what the candidates reach even added up
                 continue
-            got = applied(trial)
             if holds(got):
                 best, lo = trial, mid
             else:
@@ -271,20 +293,14 @@ class BudgetPass(Pass, name="budget"):
         """Keep, and a factorization at each rank that is predicted faster; ``sensitivity(gm)`` scores
         one with the factorized chain swapped in for the layer."""
         layer = gm.get_submodule(n.target)
-        shape = tuple(x.shape)
-        nchw = reads_model_input(n)
+        shape, nchw = tuple(x.shape), reads_model_input(n)
         keep = _price(cm, layer, shape, nchw)
         out = [Candidate(None, keep[0], count_params(layer), keep[1])]
-        linear = isinstance(layer, nn.Linear)
-        method = _method(layer)
-        m = METHODS[(method, "linear" if linear else "conv")]
-        w = layer.weight.detach()
         for r in self.ranks:
-            ranks = resolve_ranks(parse_rank(r), m, w)
-            nparams = m.params(tuple(w.shape), ranks) + (layer.bias.numel() if layer.bias is not None else 0)
+            nparams, build = _factorized(layer, r)
             if nparams >= out[0].params:
                 continue
-            chain = nn.Sequential(*build_chain(method, layer, m.decompose(w, ranks)))
+            chain = build()
             ms, macs = _price(cm, chain, shape, nchw)
             if ms >= keep[0]:  # never slower: fewer MACs that the target would run slower are not offered
                 continue
@@ -293,8 +309,31 @@ class BudgetPass(Pass, name="budget"):
                 err = sensitivity(gm)
             finally:
                 gm.set_submodule(n.target, layer)
-            out.append(Candidate({"method": method, "rank": r}, ms, nparams, macs, err))
+            out.append(Candidate({"method": _method(layer), "rank": r}, ms, nparams, macs, err))
         return out
+
+    def _slower_once_pruned(self, gm: fx.GraphModule, ctx: PassContext, cm: CostModel,
+                            picks: dict[str, Candidate]) -> set[str]:
+        """The layers ``picks`` factorizes whose chain, rebuilt at the same rank fraction of the layer as
+        the plan's pruning leaves it, is predicted no faster than that pruned layer. A table prices a
+        factorization on the unpruned layer; pruned first, the layer has fewer channels, and the chain's
+        extra launches can outweigh the work it saves (MobileNetV2's SVD-factorized 1x1 convs at batch
+        1, once pruned by 0.75). "Never slower" holds for the plan as applied, not only per table."""
+        prunes = {p: c for p, c in _changes(picks).items() if p.startswith(PRUNE)}
+        factored = {p: c for p, c in _changes(picks).items() if not p.startswith(PRUNE)}
+        if not prunes or not factored:
+            return set()
+        pruned = _applied(gm, prunes, ctx)
+        nodes = [n for n in pruned.graph.nodes if n.op == "call_module" and n.target in factored]
+        inputs = _capture_inputs(pruned, nodes, ctx.example_inputs)
+        slower = set()
+        for n in nodes:
+            layer = pruned.get_submodule(n.target)
+            chain = _factorized(layer, factored[n.target].choice["rank"])[1]()
+            shape, nchw = tuple(inputs[n.name].shape), reads_model_input(n)
+            if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
+                slower.add(n.target)
+        return slower
 
 
 PRUNE = "prune:"  # table keys of channel groups, apart from the layer paths
@@ -354,6 +393,17 @@ def _predicted_ms(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> float:
 def _method(layer: nn.Module) -> str:
     """Tucker-2 for k x k convs, SVD for 1x1 convs and Linears."""
     return "svd" if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1) else "tucker2"
+
+
+def _factorized(layer: nn.Module, rank: float) -> tuple[int, Callable[[], nn.Sequential]]:
+    """The parameters of ``layer`` factorized by its method (``_method``) at rank fraction ``rank``,
+    and what builds that chain (the decomposition, only when wanted)."""
+    method = _method(layer)
+    m = METHODS[(method, "linear" if isinstance(layer, nn.Linear) else "conv")]
+    w = layer.weight.detach()
+    ranks = resolve_ranks(parse_rank(rank), m, w)
+    nparams = m.params(tuple(w.shape), ranks) + (layer.bias.numel() if layer.bias is not None else 0)
+    return nparams, lambda: nn.Sequential(*build_chain(method, layer, m.decompose(w, ranks)))
 
 
 def _price(cm: CostModel, m: nn.Module, shape, nchw: bool = False) -> tuple[float, int]:

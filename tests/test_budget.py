@@ -333,3 +333,57 @@ def test_finetune_runs_between_the_steps_of_a_budget_plan():
         FineTune(between_steps=-1)
     with pytest.raises(compiler.PipelineError, match="recover must be a callable"):
         compiler.compile(model, x, pipeline=[{"name": "budget", "budget": {"params": 10}, "recover": "finetune"}])
+
+
+def test_a_factorization_that_its_layers_pruning_makes_no_faster_is_not_applied():
+    from compiler.pass_base import Analyses, PassContext
+    from passes.budget import PRUNE, BudgetPass
+
+    # 40 us a launch: the 3-launch Tucker-2 chain of body.2 (64 -> 64 channels, 3x3) saves more than its two
+    # extra launches cost, but once the 0.75 pruning leaves it 16 channels it no longer does
+    target = replace(CPU, launch_us=40.0)
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    gm = compiler.compile(model, x, pipeline=["cleanup"]).graph_module
+    ctx = PassContext((x,), Analyses(gm, (x,)))
+    p = BudgetPass(budget=Budget(latency_ratio=0.5), target=target, ranks=(0.5,), prune_ratios=(0.75,))
+    cm = p.cost_model()
+    node = next(n for n in gm.graph.nodes if n.target == "body.2")
+    table = p._candidates(gm, node, torch.randn(2, 64, 32, 32), cm, lambda g: 0.1)
+    assert [c.choice for c in table] == [None, {"method": "tucker2", "rank": 0.5}]  # faster, unpruned
+    factor = {"body.2": table[1]}
+    assert p._slower_once_pruned(gm, ctx, cm, factor) == set()  # nothing pruned: nothing to re-check
+    prune = {PRUNE + "body.2": Candidate({"prune": 0.75}, 0.0, 0, 0)}
+    assert p._slower_once_pruned(gm, ctx, cm, {**factor, **prune}) == {"body.2"}
+    assert p._slower_once_pruned(gm, ctx, cm, {**factor, PRUNE + "body.2": Candidate(None, 0.0, 0, 0)}) == set()
+
+
+def test_allocation_reallocates_around_factorizations_that_pruning_makes_no_faster(monkeypatch):
+    import passes.budget as budget_pass
+    from passes.budget import PRUNE, BudgetPass
+
+    # added up, factorizing "a" (-4 ms, error 0.01) with pruning its group (-5, 0.02) is the cheapest way to
+    # save 9 ms; applied together the factorization saves nothing. The pass must find the plan that holds.
+    tables = {"a": [_c(10, 0, None), _c(6, 0.01, 0.5)],
+              PRUNE + "a": [Candidate(None, 0, 0, 0), Candidate({"prune": 0.75}, -5, 0, 0, 0.02)],
+              PRUNE + "b": [Candidate(None, 0, 0, 0), Candidate({"prune": 0.75}, -9, 0, 0, 0.5)]}
+
+    def both(picks):
+        return picks["a"].choice is not None and picks[PRUNE + "a"].choice is not None
+
+    def true_ms(picks):  # what applying the picks gives
+        return 1 + sum(c.ms for c in picks.values()) + (4 if both(picks) else 0)
+
+    monkeypatch.setattr(budget_pass, "_applied", lambda gm, picks, ctx: picks)
+    monkeypatch.setattr(budget_pass, "_totals", lambda picks, cm, ctx: {"ms": true_ms(picks), "params": 0, "macs": 0})
+    p = BudgetPass(budget=Budget(latency_ratio=0.5), target=CPU)
+    checked = []
+
+    def slower(gm, ctx, cm, picks):
+        checked.append(both(picks))
+        return {"a"} if both(picks) else set()
+
+    monkeypatch.setattr(p, "_slower_once_pruned", slower)
+    assert allocate(tables, {"ms": 2.0}, {"ms": 1.0}).error == pytest.approx(0.03)  # added up: both picked
+    got = p._allocate(None, None, None, tables, {"ms": 2.0}, {"ms": 1.0})
+    assert checked[0] and not checked[-1]
+    assert not both(got.picks) and true_ms(got.picks) <= 2.0 and got.picks[PRUNE + "b"].choice == {"prune": 0.75}
