@@ -58,14 +58,15 @@ def blocked_median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_
 
 
 def best_block_ms(fns: dict[str, Callable[[], object]], *, rounds: int = 4, per_block: int = 5,
-                  settle_s: float = 0.1) -> dict[str, float]:
+                  settle_s: float = 0.1, span_s: float = 0.0) -> dict[str, float]:
     """Per callable, the least over ``rounds`` of its block's median ms, blocks taken in turns:
     ``compiler.cost.wall_ms_each``, the statistic the cost model calibrates against (on this shared VM
-    a model's time is bimodal in phases of seconds; the least block median is the undisturbed device)."""
+    a model's time is bimodal in phases of seconds; the least block median is the undisturbed device).
+    ``span_s``: the rounds spread over at least that long, so a slow phase cannot hold all of them."""
     from compiler.cost import wall_ms_each
 
     with torch.no_grad():
-        return wall_ms_each(fns, rounds=rounds, per_block=per_block, gap_s=settle_s)
+        return wall_ms_each(fns, rounds=rounds, per_block=per_block, gap_s=settle_s, span_s=span_s)
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:

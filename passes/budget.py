@@ -20,8 +20,8 @@ Three steps, kept apart:
    as a prune_channels pass and factorize passes) and those passes run here. Pruning and factorizing
    neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
    a plan with pruning is tried on a copy first: a factorization no faster than its layer as pruned
-   is held at "keep" and the rest allocated again, and the limits are tightened until the applied
-   plan meets them. With ``max_output_error``, the plan's measured output error on the example
+   is held at "keep" and the rest allocated again, the limits are tightened until the applied
+   plan meets them, and if no tightening does, greedy moves judged on applied copies close the gap. With ``max_output_error``, the plan's measured output error on the example
    inputs is checked, and the worst layer dropped until it holds. ``recover(gm, step)``, when given,
    runs after each of those passes (``compile(budget=..., finetune=FineTune(between_steps=N))`` makes
    it a fine-tune), so accuracy lost to pruning is won back before the factorizations see the weights.
@@ -228,10 +228,48 @@ class BudgetPass(Pass, name="budget"):
             else:
                 tightest, hi = (trial, got), mid
         if best is None:
-            closest = ", ".join(f"{k} {tightest[1][k]:.4g} (limit {v:.4g})" for k, v in limits.items())
-            raise BudgetError(f"budget pass: no choice of the candidates meets the budget once pruning and "
-                              f"factorizing the same layers are combined; the closest achievable found is {closest}")
+            best, got = self._repair(gm, ctx, cm, tables, limits, *tightest)
+            if not holds(got):
+                closest = ", ".join(f"{k} {got[k]:.4g} (limit {v:.4g})" for k, v in limits.items())
+                raise BudgetError(f"budget pass: no choice of the candidates meets the budget once pruning and "
+                                  f"factorizing the same layers are combined; the closest achievable found is {closest}")
         return best
+
+    def _repair(self, gm, ctx, cm, tables, limits, alloc: Allocation, got: dict[str, float], *, steps: int = 12,
+                tries: int = 4) -> tuple[Allocation, dict[str, float]]:
+        """Greedy moves judged on applied plans, from the closest plan the bisection found: per table
+        the cheaper candidate with the least added error per unit of (added-up) resource saved; the
+        ``tries`` best of those applied to copies, and the one with the least added error per unit
+        really saved taken; until the limits hold or ``steps`` moves. For the last few percent the
+        bisection can leave (its allocations jump between plans as the limits scale)."""
+        def cost(t: dict[str, float] | Candidate) -> float:
+            return sum((t[k] if isinstance(t, dict) else t.get(k)) / v for k, v in limits.items())
+
+        picks = dict(alloc.picks)
+        for _ in range(steps):
+            if all(got[k] <= v * (1 + 1e-4) for k, v in limits.items()):
+                break
+            moves = []
+            for p, t in tables.items():
+                now = picks[p]
+                cheaper = [(max(c.error - now.error, 0.0) / (cost(now) - cost(c)), p, c) for c in t if cost(c) < cost(now)]
+                if cheaper:
+                    moves.append(min(cheaper, key=lambda m: m[0]))
+            tried = []
+            for _, p, c in sorted(moves, key=lambda m: m[0])[:tries]:
+                trial = {**picks, p: c}
+                slower = self._slower_once_pruned(gm, ctx, cm, trial)
+                trial = {q: tables[q][0] if q in slower else d for q, d in trial.items()}
+                t_got = _totals(_applied(gm, trial, ctx), cm, ctx)
+                saved = cost(got) - cost(t_got)
+                if saved > 0:
+                    added = sum(d.error for d in trial.values()) - sum(d.error for d in picks.values())
+                    tried.append((max(added, 0.0) / saved, trial, t_got))
+            if not tried:
+                break
+            _, picks, got = min(tried, key=lambda m: m[0])
+            log.info("budget: repaired to %s once applied (limits %s)", got, limits)
+        return Allocation(picks, alloc.totals, sum(c.error for c in picks.values()), alloc.allocator + " + repair"), got
 
     def _prune_candidates(self, gm: fx.GraphModule, cm: CostModel, ctx: PassContext, sensitivity,
                           base: dict[str, float]) -> dict[str, list[Candidate]]:

@@ -387,3 +387,28 @@ def test_allocation_reallocates_around_factorizations_that_pruning_makes_no_fast
     got = p._allocate(None, None, None, tables, {"ms": 2.0}, {"ms": 1.0})
     assert checked[0] and not checked[-1]
     assert not both(got.picks) and true_ms(got.picks) <= 2.0 and got.picks[PRUNE + "b"].choice == {"prune": 0.75}
+
+
+def test_repair_takes_moves_judged_on_applied_plans_until_the_limits_hold(monkeypatch):
+    import passes.budget as budget_pass
+    from compiler.cost.allocate import Allocation
+    from passes.budget import BudgetPass
+
+    tables = {"a": [_c(10, 0, None), _c(8, 0.01, 0.5), _c(5, 0.1, 0.25)], "b": [_c(10, 0, None), _c(7, 0.02, 0.5)]}
+
+    def true_ms(picks):  # factorizing "a" costs 3 ms more than its table says, applied
+        return 1 + sum(c.ms for c in picks.values()) + (3 if picks["a"].choice else 0)
+
+    monkeypatch.setattr(budget_pass, "_applied", lambda gm, picks, ctx: picks)
+    monkeypatch.setattr(budget_pass, "_totals", lambda picks, cm, ctx: {"ms": true_ms(picks), "params": 0, "macs": 0})
+    p = BudgetPass(budget=Budget(latency_ratio=0.5), target=CPU)
+    monkeypatch.setattr(p, "_slower_once_pruned", lambda gm, ctx, cm, picks: set())
+    start = {"a": tables["a"][1], "b": tables["b"][0]}
+    got_alloc, got = p._repair(None, None, None, tables, {"ms": 16.0}, Allocation(start, {}, 0.01, "greedy"),
+                               {"ms": true_ms(start)})
+    assert got["ms"] == 16.0 and got_alloc.picks == {"a": tables["a"][2], "b": tables["b"][1]}
+    assert got_alloc.error == pytest.approx(0.12) and got_alloc.allocator == "greedy + repair"
+    # out of reach: every move taken, the closest returned for the error message
+    closest, got = p._repair(None, None, None, tables, {"ms": 10.0}, Allocation(start, {}, 0.01, "greedy"),
+                             {"ms": true_ms(start)})
+    assert got["ms"] == 16.0 and got["ms"] > 10.0
