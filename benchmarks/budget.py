@@ -17,6 +17,7 @@ output errors.
 
     .venv/bin/python benchmarks/budget.py [--quick] [--models resnet18,mobilenet_v2] [--ratios 0.7,0.5,0.35]
                                           [--ranks 0.75,0.5,...] [--prune-ratios 0.25,0.5,...] [--json out.json]
+                                          [--plans DIR]
 
 A budget beyond the candidates' reach (the pass raises BudgetError) is a row saying so, with the
 closest achievable plan the pass found.
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--plans", help="write each row's plan here, as <model>-<budget>.json (see profile_steps.py)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     models = args.models.split(",")
@@ -116,6 +118,9 @@ def main() -> None:
             plan_s = time.perf_counter() - t0
             row = next(row for row in cm.report.rows if row.name == "budget")
             summary = row.details[-1]
+            if args.plans:
+                Path(args.plans).mkdir(parents=True, exist_ok=True)
+                Plan(layers=summary["plan"], prune=summary["prune"]).save(Path(args.plans) / f"{name}-{r}.json")
             rank_cm, f_rank = _bisect(model, x, _uniform_rank(summary["considered"]), _macs(cm), grows=True)
             prune_cm, f_prune = _bisect(model, x, _uniform_prune, _macs(cm), grows=False)
             runs = {"original": original, "budget": cm, "uniform rank": rank_cm, "uniform prune": prune_cm}
