@@ -21,12 +21,15 @@ Three steps, kept apart:
    neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
    a plan with pruning is tried on a copy first: a factorization no faster than its layer as pruned
    is held at "keep" and the rest allocated again, the limits are tightened until the applied
-   plan meets them, and if no tightening does, greedy moves judged on applied copies close the gap. With ``max_output_error``, the plan's measured output error on the example
-   inputs is checked, and the worst layer dropped until it holds. ``recover(gm, step)``, when given,
+   plan meets them, and if no tightening does, greedy moves judged on applied copies close the
+   gap. With ``max_output_error``, the plan's measured output error on the example inputs is
+   checked, and the worst layer dropped until it holds. ``recover(gm, step)``, when given,
    runs after each of those passes (``compile(budget=..., finetune=FineTune(between_steps=N))`` makes
    it a fine-tune), so accuracy lost to pruning is won back before the factorizations see the weights.
 
-The report's details hold the plan, and predicted latency, params and MACs before and after.
+The report's details hold the plan, and predicted latency, params and MACs before and after; planning
+for the live device (``target="device"``, the default), also the latency measured on it before and after
+(``measured_ms``), with a warning when the plan measures slower than the original or over the budget.
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ class BudgetPass(Pass, name="budget"):
                  skip_first: bool = True, skip_last: bool = True,
                  plan_path: str | None = None, progress: bool = False, tolerance: float = float("inf"),
                  search: Search | dict | None = None,
-                 recover: Callable[[fx.GraphModule, str], object] | None = None) -> None:
+                 recover: Callable[[fx.GraphModule, str], object] | None = None,
+                 measure: bool | None = None) -> None:
         self.budget = Budget.from_dict(budget)
         if recover is not None and not callable(recover):
             raise PipelineError(f"budget recover must be a callable (gm, step name), got {type(recover).__name__}; "
@@ -91,6 +95,8 @@ class BudgetPass(Pass, name="budget"):
         self.prune_ratios = tuple(float(r) for r in prune_ratios)
         self.skip_first, self.skip_last = skip_first, skip_last
         self.plan_path, self.progress, self.tolerance = plan_path, progress, tolerance
+        # time the model before and after on the device: by default when planning for the live device
+        self.measure = target == "device" if measure is None else bool(measure)
         self.plan: Plan | None = None
 
     def cost_model(self) -> CostModel:
@@ -148,6 +154,7 @@ class BudgetPass(Pass, name="budget"):
             picks = _changes(found.picks)
             allocator = f"search ({self.search.sampler})"
         plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
+        original = copy.deepcopy(gm) if self.measure else None
         results = _apply(plan, gm, ctx, after_step=self.recover)
         err = _rel_err(reference, _run(gm, ctx.example_inputs))
         if b.max_output_error is not None and err > b.max_output_error:
@@ -159,6 +166,18 @@ class BudgetPass(Pass, name="budget"):
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
                           "allocator": allocator, "limits": limits,
                           "considered": considered}
+        warnings = [f"budget: the plan misses {k} after applying it ({t_after[k]:.4g} > {limits[k]:.4g})" for k in violated]
+        if original is not None:
+            measured = _measured_ms({"before": original, "after": gm}, ctx)
+            plan.predicted["measured_ms"] = measured
+            goal = b.latency_ms if b.latency_ms is not None else (b.latency_ratio * measured["before"]
+                                                                  if b.latency_ratio is not None else None)
+            if measured["after"] > measured["before"]:
+                warnings.append(f"budget: measured on the device the plan is slower than the original "
+                                f"({measured['after']:.3g} ms against {measured['before']:.3g})")
+            elif goal is not None and measured["after"] > 1.1 * goal:
+                warnings.append(f"budget: measured on the device the plan takes {measured['after']:.3g} ms, more than "
+                                f"10% over the latency budget ({goal:.3g} ms; the original {measured['before']:.3g})")
         if found is not None:
             plan.predicted["search"] = {"trials": found.trials, "pareto": found.pareto, "storage": self.search.storage,
                                         "study": self.search.study}
@@ -171,7 +190,6 @@ class BudgetPass(Pass, name="budget"):
                 d["predicted_ms"] = next((c.ms for c in tables[d["layer"]] if c.choice and c.choice == plan.layers.get(d["layer"])), None)
                 d["predicted_ms_before"] = tables[d["layer"]][0].ms
         details.append({"plan": plan.layers, "prune": plan.prune, **plan.predicted})
-        warnings = [f"budget: the plan misses {k} after applying it ({t_after[k]:.4g} > {limits[k]:.4g})" for k in violated]
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details, warnings=warnings)
 
     def _allocate(self, gm, ctx, cm, tables, limits, fixed):
@@ -426,6 +444,23 @@ def _predicted_ms(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> float:
     fused = copy.deepcopy(gm)
     Fuse().run(fused, ctx)
     return predict_graph(fused, cm).total_ms
+
+
+def _measured_ms(graphs: dict[str, fx.GraphModule], ctx: PassContext) -> dict[str, float]:
+    """Wall ms per call of each graph as the OpenCL runtime runs it, fused as ``_predicted_ms`` prices
+    it, timed in turns (``compiler.cost.wall_ms_each``, the statistic the calibration fits)."""
+    from compiler.cost import wall_ms_each
+    from compiler.report import CompileReport
+    from runtime.opencl.backend import OpenCLBackend
+
+    runs = {}
+    for name, g in graphs.items():
+        fused = copy.deepcopy(g)
+        Fuse().run(fused, ctx)
+        runner = OpenCLBackend().prepare(fused, ctx.example_inputs, CompileReport())
+        runs[name] = lambda r=runner: r(*ctx.example_inputs)
+    with torch.no_grad():
+        return wall_ms_each(runs, rounds=4, per_block=5)
 
 
 def _method(layer: nn.Module) -> str:

@@ -1,4 +1,5 @@
 """Budgets: validation, allocation over candidate tables, the budget pass, plans as replayable data."""
+import re
 from dataclasses import replace
 
 import pytest
@@ -412,3 +413,26 @@ def test_repair_takes_moves_judged_on_applied_plans_until_the_limits_hold(monkey
     closest, got = p._repair(None, None, None, tables, {"ms": 10.0}, Allocation(start, {}, 0.01, "greedy"),
                              {"ms": true_ms(start)})
     assert got["ms"] == 16.0 and got["ms"] > 10.0
+
+
+def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_path, monkeypatch):
+    import passes.budget as budget_pass
+
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    plan_path = tmp_path / "plan.json"
+
+    def run(**extra):
+        return compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU, "plan_path": str(plan_path),
+                                                                "budget": {"latency_ratio": 0.6}, **extra}, "fuse"])
+
+    assert "measured_ms" not in _budget_row(run()).details[-1]  # an offline target: nothing to time
+    measured = _budget_row(run(measure=True)).details[-1]["measured_ms"]
+    assert set(measured) == {"before", "after"} and all(0 < v < 1e4 for v in measured.values())
+    assert Plan.load(plan_path).predicted["measured_ms"] == measured
+    # the warnings, with the timings fixed: slower than the original, then over the budget by more than 10%
+    for times, match in (({"before": 1.0, "after": 1.2}, "slower than the original"),
+                         ({"before": 1.0, "after": 0.7}, r"more than 10% over the latency budget \(0.6 ms")):
+        monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx, t=times: dict(t))
+        assert any(re.search(match, w) for w in run(measure=True).report.warnings), match
+    monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx: {"before": 1.0, "after": 0.65})
+    assert not [w for w in run(measure=True).report.warnings if "budget" in w]
