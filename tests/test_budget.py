@@ -436,3 +436,34 @@ def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_pa
         assert any(re.search(match, w) for w in run(measure=True).report.warnings), match
     monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx: {"before": 1.0, "after": 0.65})
     assert not [w for w in run(measure=True).report.warnings if "budget" in w]
+
+
+def test_a_plan_the_device_measures_over_its_goal_is_made_again_tighter(monkeypatch):
+    import passes.budget as budget_pass
+    from compiler.cost import CostModel
+
+    # a device that runs every compressed graph 1.3x slower than the model predicts, the original as predicted
+    model_of_device = CostModel(CPU)
+
+    def measured(graphs, ctx):
+        before = budget_pass._predicted_ms(graphs["before"], model_of_device, ctx)
+        after = budget_pass._predicted_ms(graphs["after"], model_of_device, ctx)
+        return {"before": before, "after": after if after >= before * 0.999 else 1.3 * after}
+
+    monkeypatch.setattr(budget_pass, "_measured_ms", measured)
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+
+    def summary(**extra):
+        cm = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU, "prune_ratios": [],
+                                                              "budget": {"latency_ratio": 0.7}, **extra}, "fuse"])
+        return _budget_row(cm).details[-1]
+
+    trusting = summary()
+    assert trusting["after"]["ms"] <= 0.7 * trusting["before"]["ms"] * 1.0001 and "measured_corrections" not in trusting
+    checked = summary(measure=True)
+    fixes = checked["measured_corrections"]
+    assert fixes and fixes[0]["measured_ms"]["after"] > 1.05 * fixes[0]["goal_ms"]  # the first plan missed, measured
+    assert fixes[0]["limit_ms"] < 0.7 * checked["before"]["ms"] and checked["allocator"].endswith("+ measured")
+    final = checked["measured_ms"]
+    assert final["after"] <= 1.05 * 0.7 * final["before"] < fixes[0]["measured_ms"]["after"]
+    assert checked["after"]["ms"] < trusting["after"]["ms"]  # more compression, for the device's sake
