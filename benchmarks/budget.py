@@ -130,6 +130,7 @@ def main() -> None:
                    "predicted_ms": summary["after"]["ms"], "predicted_before_ms": summary["before"]["ms"],
                    "macs": {k: _macs(m) for k, m in runs.items()}, "uniform_rank": f_rank, "uniform_prune": f_prune,
                    "plan": summary["plan"], "prune": summary["prune"], "plan_s": plan_s,
+                   "measured_corrections": summary.get("measured_corrections", []),
                    "err": {k: _err(model, m, x) for k, m in runs.items() if k != "original"}}
             results.append(res)
             rows.append([name, f"{r:.2f}", f"{ms['original']:.2f} ({summary['before']['ms']:.2f})", f"{goal:.2f}",
