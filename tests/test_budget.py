@@ -423,7 +423,8 @@ def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_pa
 
     def run(**extra):
         return compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU, "plan_path": str(plan_path),
-                                                                "budget": {"latency_ratio": 0.6}, **extra}, "fuse"])
+                                                                "budget": {"latency_ratio": 0.6}, "measure_span_s": 0,
+                                                                **extra}, "fuse"])
 
     assert "measured_ms" not in _budget_row(run()).details[-1]  # an offline target: nothing to time
     measured = _budget_row(run(measure=True)).details[-1]["measured_ms"]
@@ -432,9 +433,9 @@ def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_pa
     # the warnings, with the timings fixed: slower than the original, then over the budget by more than 10%
     for times, match in (({"before": 1.0, "after": 1.2}, "slower than the original"),
                          ({"before": 1.0, "after": 0.7}, r"more than 10% over the latency budget \(0.6 ms")):
-        monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx, t=times: dict(t))
+        monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx, span_s, t=times: dict(t))
         assert any(re.search(match, w) for w in run(measure=True).report.warnings), match
-    monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx: {"before": 1.0, "after": 0.65})
+    monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx, span_s: {"before": 1.0, "after": 0.65})
     assert not [w for w in run(measure=True).report.warnings if "budget" in w]
 
 
@@ -445,7 +446,7 @@ def test_a_plan_the_device_measures_over_its_goal_is_made_again_tighter(monkeypa
     # a device that runs every compressed graph 1.3x slower than the model predicts, the original as predicted
     model_of_device = CostModel(CPU)
 
-    def measured(graphs, ctx):
+    def measured(graphs, ctx, span_s):
         before = budget_pass._predicted_ms(graphs["before"], model_of_device, ctx)
         after = budget_pass._predicted_ms(graphs["after"], model_of_device, ctx)
         return {"before": before, "after": after if after >= before * 0.999 else 1.3 * after}
