@@ -56,6 +56,11 @@ class Budget:
         if all(getattr(self, f) is None for f in ("latency_ms", "latency_ratio", "params", "macs")):
             raise BudgetError("a Budget needs at least one of latency_ms, latency_ratio, params, macs")
 
+    def latency_goal(self, original_ms: float) -> float | None:
+        """The latency limit for an original that takes ``original_ms`` (predicted or measured)."""
+        return self.latency_ms if self.latency_ms is not None else (
+            self.latency_ratio * original_ms if self.latency_ratio is not None else None)
+
     @classmethod
     def from_dict(cls, d: dict | Budget) -> Budget:
         return from_mapping(cls, d, "budget")

@@ -135,8 +135,7 @@ class BudgetPass(Pass, name="budget"):
                  "params": params - sum(t[0].params for t in tables.values()),
                  "macs": macs - sum(t[0].macs for t in tables.values())}
         b = self.budget
-        limits = {"ms": b.latency_ms if b.latency_ms is not None else (b.latency_ratio * before if b.latency_ratio else None),
-                  "params": b.params, "macs": b.macs}
+        limits = {"ms": b.latency_goal(before), "params": b.params, "macs": b.macs}
         limits = {k: v for k, v in limits.items() if v is not None}
         considered = {p: (_method(gm.get_submodule(p)) if not p.startswith(PRUNE) else "prune") for p in tables}
         found, corrections = None, []
@@ -174,7 +173,7 @@ class BudgetPass(Pass, name="budget"):
             raise BudgetError(f"budget: even keeping every layer the output error is {err:.3g} > max_output_error "
                               f"{b.max_output_error}")
         t_after = _totals(gm, cm, ctx)
-        violated = [k for k, v in limits.items() if t_after[k] > v * 1.0001]
+        violated = _over(t_after, limits)
         plan.predicted = {"before": {"ms": before, "params": params, "macs": macs}, "after": t_after,
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
                           "allocator": allocator, "limits": limits,
@@ -185,8 +184,7 @@ class BudgetPass(Pass, name="budget"):
         if original is not None:
             measured = _measured_ms({"before": original, "after": gm}, ctx, self.measure_span_s)
             plan.predicted["measured_ms"] = measured
-            goal = b.latency_ms if b.latency_ms is not None else (b.latency_ratio * measured["before"]
-                                                                  if b.latency_ratio is not None else None)
+            goal = b.latency_goal(measured["before"])
             if measured["after"] > measured["before"]:
                 warnings.append(f"budget: measured on the device the plan is slower than the original "
                                 f"({measured['after']:.3g} ms against {measured['before']:.3g})")
@@ -217,7 +215,7 @@ class BudgetPass(Pass, name="budget"):
         b, lims, corrections = self.budget, dict(limits), []
         for _ in range(MEASURED_ROUNDS):
             measured = _measured_ms({"before": gm, "after": _applied(gm, picks, ctx)}, ctx, self.measure_span_s)
-            goal = b.latency_ms if b.latency_ms is not None else b.latency_ratio * measured["before"]
+            goal = b.latency_goal(measured["before"])
             if measured["after"] <= (1 + MEASURED_SLACK) * goal:
                 break
             lims = {**lims, "ms": lims["ms"] * goal / measured["after"]}
@@ -262,12 +260,12 @@ class BudgetPass(Pass, name="budget"):
                          len(slower), sorted(slower))
                 kept |= slower
             if slower:
-                picks = {p: tables[p][0] if p in slower else c for p, c in a.picks.items()}
+                picks = _kept(a.picks, tables, slower)
                 a = Allocation(picks, a.totals, sum(c.error for c in picks.values()), a.allocator)
             return a, _totals(_applied(gm, a.picks, ctx), cm, ctx)
 
         def holds(got) -> bool:
-            return all(got[k] <= v * (1 + 1e-4) for k, v in limits.items())
+            return not _over(got, limits)
 
         alloc, got = settled(limits)
         if holds(got):
@@ -305,7 +303,7 @@ class BudgetPass(Pass, name="budget"):
 
         picks = dict(alloc.picks)
         for _ in range(steps):
-            if all(got[k] <= v * (1 + 1e-4) for k, v in limits.items()):
+            if not _over(got, limits):
                 break
             moves = []
             for p, t in tables.items():
@@ -317,7 +315,7 @@ class BudgetPass(Pass, name="budget"):
             for _, p, c in sorted(moves, key=lambda m: m[0])[:tries]:
                 trial = {**picks, p: c}
                 slower = self._slower_once_pruned(gm, ctx, cm, trial)
-                trial = {q: tables[q][0] if q in slower else d for q, d in trial.items()}
+                trial = _kept(trial, tables, slower)
                 t_got = _totals(_applied(gm, trial, ctx), cm, ctx)
                 saved = cost(got) - cost(t_got)
                 if saved > 0:
@@ -433,6 +431,16 @@ class BudgetPass(Pass, name="budget"):
 
 
 PRUNE = "prune:"  # table keys of channel groups, apart from the layer paths
+
+
+def _over(got: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The resources of ``got`` over their limit (beyond float noise: 1e-4 relative)."""
+    return [k for k, v in limits.items() if got[k] > v * (1 + 1e-4)]
+
+
+def _kept(picks: dict[str, Candidate], tables: dict[str, list[Candidate]], names: set[str]) -> dict[str, Candidate]:
+    """``picks`` with the tables ``names`` back at "keep" (their first candidate)."""
+    return {p: tables[p][0] if p in names else c for p, c in picks.items()}
 
 
 def _prune(groups: dict[str, float]) -> PruneChannels:

@@ -25,13 +25,14 @@ import torch
 import torch.fx as fx
 
 from compiler import meta
+from compiler.cost.families import NCHW_ORDER
 
 from .device import Device
 from .errors import UnsupportedError
 
 log = logging.getLogger(__name__)
 
-NCHW, NHWC = (0, 1, 2, 3), (0, 2, 3, 1)
+NCHW, NHWC = NCHW_ORDER, (0, 2, 3, 1)
 
 
 class UnsupportedOpError(UnsupportedError):
