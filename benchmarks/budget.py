@@ -15,6 +15,11 @@ Reported per point: the latency budget, measured latency of the original, of the
 of the two MAC-uniform baselines, whether the budget is met within 10% when measured, and the
 output errors.
 
+Equal MACs are not equal latency, so each row also compares at the plan's measured latency: each
+uniform baseline is swept over its fraction (``SWEEP``), every point timed in the row's timing block,
+and its output error read off that sweep (linear between the two points that bracket the plan's
+latency). "Better than MACs" is the plan's error below both, or no uniform point as fast as the plan.
+
     .venv/bin/python benchmarks/budget.py [--quick] [--models resnet18,mobilenet_v2] [--ratios 0.7,0.5,0.35]
                                           [--ranks 0.75,0.5,...] [--prune-ratios 0.25,0.5,...] [--json out.json]
                                           [--plans DIR]
@@ -74,8 +79,32 @@ def _uniform_rank(candidates: dict[str, str]):
     return lambda f: Plan(layers={p: {"method": m, "rank": round(f, 4)} for p, m in layers.items()}).pipeline()
 
 
+def _fmt_err(e: float | None) -> str:
+    return "none as fast" if e is None else f"{e:.3f}"
+
+
 def _uniform_prune(f: float) -> list[dict]:
     return [{"name": "prune_channels", "ratio": round(f, 4), "round_to": PRUNE_ROUND_TO}]
+
+
+# Uniform fractions timed in every row, to read each baseline's error at the plan's measured latency.
+SWEEP = {"uniform rank": (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7),
+         "uniform prune": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
+
+
+def _err_at(points: list[tuple[float, float]], ms: float) -> float | None:
+    """The error of a swept baseline at ``ms``, linear between the (ms, err) points bracketing it;
+    the least error of the points faster than it when the sweep is not monotone there; None when no
+    point is as fast."""
+    faster = [(t, e) for t, e in points if t <= ms]
+    if not faster:
+        return None
+    t0, e0 = max(faster)
+    slower = [(t, e) for t, e in points if t > ms]
+    if not slower:
+        return min(e for _, e in faster)
+    t1, e1 = min(slower)
+    return min(min(e for _, e in faster), e0 + (e1 - e0) * (ms - t0) / (t1 - t0))
 
 
 def main() -> None:
@@ -100,6 +129,7 @@ def main() -> None:
         model = zoo.randomize(getattr(tv.models, name)(weights=None)).eval()
         x = torch.randn(args.batch, 3, args.size, args.size)
         original = compiler.compile(model, x, target="opencl")
+        sweeps: dict[tuple, dict] = {}
         for r in ratios:
             t0 = time.perf_counter()
             try:
@@ -112,7 +142,7 @@ def main() -> None:
                     cm = compiler.compile(model, x, target="opencl", budget=Budget(latency_ratio=r))
             except BudgetError as e:  # out of the candidates' reach: a row saying so, with the closest
                 results.append({"model": name, "ratio": r, "unreachable": str(e), "plan_s": time.perf_counter() - t0})
-                rows.append([name, f"{r:.2f}", "-", "-", "unreachable: " + str(e).rpartition("is ")[2], "no"] + ["-"] * 5)
+                rows.append([name, f"{r:.2f}", "-", "-", "unreachable: " + str(e).rpartition("is ")[2], "no"] + ["-"] * 8)
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
                 continue
             plan_s = time.perf_counter() - t0
@@ -121,10 +151,19 @@ def main() -> None:
             if args.plans:
                 Path(args.plans).mkdir(parents=True, exist_ok=True)
                 Plan(layers=summary["plan"], prune=summary["prune"]).save(Path(args.plans) / f"{name}-{r}.json")
-            rank_cm, f_rank = _bisect(model, x, _uniform_rank(summary["considered"]), _macs(cm), grows=True)
-            prune_cm, f_prune = _bisect(model, x, _uniform_prune, _macs(cm), grows=False)
+            builds = {"uniform rank": _uniform_rank(summary["considered"]), "uniform prune": _uniform_prune}
+            rank_cm, f_rank = _bisect(model, x, builds["uniform rank"], _macs(cm), grows=True)
+            prune_cm, f_prune = _bisect(model, x, builds["uniform prune"], _macs(cm), grows=False)
             runs = {"original": original, "budget": cm, "uniform rank": rank_cm, "uniform prune": prune_cm}
-            ms = best_block_ms({k: (lambda m=m: m(x)) for k, m in runs.items()}, rounds=8, span_s=20)
+            key = tuple(sorted(summary["considered"].items()))  # the same layers in every row, as a rule
+            if key not in sweeps:
+                sweeps[key] = {(k, f): compiler.compile(model, x, target="opencl",
+                                                        pipeline=["cleanup", "fold_bn", *builds[k](f), "fuse"])
+                               for k, fs in SWEEP.items() for f in fs}
+            swept = sweeps[key]
+            timed = best_block_ms({k: (lambda m=m: m(x)) for k, m in [*runs.items(), *swept.items()]},
+                                  rounds=8, span_s=20)
+            ms = {k: timed[k] for k in runs}
             goal = r * ms["original"]
             res = {"model": name, "ratio": r, "measured_ms": ms, "budget_ms": goal, "met": ms["budget"] <= 1.1 * goal,
                    "predicted_ms": summary["after"]["ms"], "predicted_before_ms": summary["before"]["ms"],
@@ -132,18 +171,24 @@ def main() -> None:
                    "plan": summary["plan"], "prune": summary["prune"], "plan_s": plan_s,
                    "measured_corrections": summary.get("measured_corrections", []),
                    "err": {k: _err(model, m, x) for k, m in runs.items() if k != "original"}}
+            res["sweep"] = {k: [(f, timed[(k, f)], _err(model, swept[(k, f)], x)) for f in fs] for k, fs in SWEEP.items()}
+            res["err_at_plan_ms"] = {k: _err_at([(t, e) for _, t, e in pts], ms["budget"]) for k, pts in res["sweep"].items()}
+            res["better_than_macs"] = all(e is None or res["err"]["budget"] < e for e in res["err_at_plan_ms"].values())
             results.append(res)
             rows.append([name, f"{r:.2f}", f"{ms['original']:.2f} ({summary['before']['ms']:.2f})", f"{goal:.2f}",
                          f"{ms['budget']:.2f} ({summary['after']['ms']:.2f})",
                          "yes" if res["met"] else "no", f"{res['err']['budget']:.3f}",
                          f"{ms['uniform rank']:.2f} / {res['err']['uniform rank']:.3f}",
                          f"{ms['uniform prune']:.2f} / {res['err']['uniform prune']:.3f}",
+                         *(_fmt_err(res["err_at_plan_ms"][k]) for k in SWEEP),
+                         "yes" if res["better_than_macs"] else "no",
                          f"{res['macs']['budget'] / res['macs']['original']:.2f}",
                          f"{len(summary['plan'])} / {len(summary['prune'])}"])
             print(json.dumps(res), file=sys.stderr, flush=True)
     print(markdown_table(["model", "budget", "original ms (predicted)", "budget ms", "planned ms (predicted)", "met (10%)",
-                          "planned err", "uniform rank: ms / err", "uniform prune: ms / err", "MACs kept",
-                          "factorized / pruned groups"], rows))
+                          "planned err", "uniform rank: ms / err", "uniform prune: ms / err",
+                          "uniform rank err at planned ms", "uniform prune err at planned ms", "better than MACs",
+                          "MACs kept", "factorized / pruned groups"], rows))
     if args.json:
         write_text_atomic(args.json, json.dumps(results, indent=1))
 
