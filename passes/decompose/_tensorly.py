@@ -1,9 +1,7 @@
 """The one place fxcompress calls TensorLy.
 
-TensorLy changed ``partial_tucker``'s return value once (``(core, factors)`` became
-``((core, factors), rec_errors)``) and broke its users (pytorch-tensor-decompositions #12), and
-``tensor_train`` silently clips requested ranks. Both are handled here, against the version range
-pinned in pyproject.toml.
+``tensor_train`` silently clips requested ranks; that is handled here, against the version range
+pinned in pyproject.toml. Tucker-2 is not TensorLy's: ``tucker.py`` says why (speed, measured).
 
 Every call runs with the PyTorch backend and TensorLy's einsum tensor-algebra backend, set locally.
 The default ("core") backend materialises Khatri-Rao products: for a 512-channel 3x3 kernel at CP
@@ -18,7 +16,7 @@ from contextlib import contextmanager
 
 import tensorly as tl
 import torch
-from tensorly.decomposition import parafac, partial_tucker, tensor_train, tensor_train_matrix
+from tensorly.decomposition import parafac, tensor_train, tensor_train_matrix
 
 SUPPORTED = ((0, 9), (0, 11))  # [0.9, 0.11), as pinned in pyproject.toml
 
@@ -36,16 +34,6 @@ _check_version()
 def _backends():
     with tl.backend_context("pytorch"), tl.tenalg.backend_context("einsum"):
         yield
-
-
-def tucker(tensor: torch.Tensor, modes: list[int], ranks: list[int], *, n_iter_max: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Partial Tucker (HOOI, SVD init) over ``modes``: returns ``(core, factors)``."""
-    with _backends():
-        out = partial_tucker(tensor, rank=ranks, modes=modes, n_iter_max=n_iter_max, init="svd", tol=1e-5)
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], (tuple, list)) and len(out[0]) == 2 and not torch.is_tensor(out[0]):
-        out = out[0]  # tensorly >= 0.8: ((core, factors), rec_errors)
-    core, factors = out
-    return core, list(factors)
 
 
 def cp(tensor: torch.Tensor, rank: int, *, n_iter_max: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
