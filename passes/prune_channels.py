@@ -100,9 +100,11 @@ class PruneChannels(Pass, name="prune_channels"):
         units = cg.components()
         entries = entry_scores(gm, cg, self.importance, seed=self.seed, data=self.data, loss_fn=self.loss_fn)
         scores = {u: unit_score(u, entries, self.aggregate) for u in units}
-        by_group: dict[frozenset, list] = {}
-        for group in cg.space_groups():
-            by_group[frozenset(group)] = [u for u in units if next(iter(u))[0] in group]
+        by_group: dict[frozenset, list] = {frozenset(g): [] for g in cg.space_groups()}
+        group_of = {s: g for g in by_group for s in g}
+        for u in units:  # in one pass (per group, a scan of all units took 5 s of a MobileNetV2 budget plan)
+            if (g := group_of.get(next(iter(u))[0])) is not None:
+                by_group[g].append(u)
         quota = self._global_quota(by_group, scores) if self.global_ranking else {}
         removed_units, groups = [], []
         alive = [set(p) for p in cg.nonempty]  # what is left of each slice / split piece
