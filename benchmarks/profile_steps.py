@@ -34,25 +34,14 @@ import compiler  # noqa: E402
 from compiler import Plan, zoo  # noqa: E402
 from compiler.cost import compiled_work, predict_compiled  # noqa: E402
 from compiler.cost.calibrate import device_cost_model  # noqa: E402
-from runtime.opencl.backend import leaves, upload  # noqa: E402
 
 
 def kernel_ms(cm, x: torch.Tensor, repeats: int) -> list[float]:
     """Per launch of ``cm``'s OpenCL run, the least profiling-event time over ``repeats`` runs (nan for a
     torch-fallback step, which has no event)."""
     r = cm._runner
-    q = r.device.queue(profiling=True)
-    best = [math.inf] * len(r.lowered.steps)
-    for _ in range(repeats):
-        for v, t in zip(r.lowered.inputs, (x,)):
-            upload(q, r.arena, r.offsets, v, t)
-        q.finish()
-        for i, step in enumerate(r.lowered.steps):
-            events = [e for e in leaves(step.enqueue(q, r.arena, r.offsets)) if e is not None and hasattr(e, "profile")]
-            q.finish()
-            if events:
-                best[i] = min(best[i], sum(e.profile.end - e.profile.start for e in events) / 1e6)
-    return [m if m < math.inf else math.nan for m in best]
+    best = [min(col) for col in zip(*(r.step_ms(x) for _ in range(repeats)))]
+    return [math.nan if step.fallback else ms for step, ms in zip(r.lowered.steps, best)]
 
 
 def main() -> None:

@@ -72,6 +72,11 @@ def test_small_net_matches_eager_and_reports_what_fell_back():
     info = cm.report.backend
     assert [f.split(" ")[1] for f in info["fallbacks"]] == ["(repeat)"]  # no kernel for repeat: it ran on torch
     assert info["peak_device_bytes"] > 0 and info["steps"] > 10
+    r = cm._runner  # per-step profiling (the calibration's and profile_steps.py's timer) leaves the run intact
+    per_step = r.step_ms(x)
+    assert len(per_step) == len(r.lowered.steps) == info["steps"] and min(per_step) >= 0 < sum(per_step)
+    assert set(r.profile(x)) == {s.kernel for s in r.lowered.steps}
+    assert rel_err(model(x), cm(x)) < 1e-4
     with pytest.raises(UnsupportedOpError, match=r"1 nodes have no OpenCL kernel \(strict=True\): repeat"):
         from runtime.opencl.backend import OpenCLBackend
 

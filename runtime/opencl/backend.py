@@ -99,19 +99,26 @@ class Runner:
         return out
 
     def profile(self, *inputs: torch.Tensor) -> dict[str, float]:
-        """Milliseconds per kernel family for one run, from OpenCL profiling events (torch-fallback
-        steps by wall time). Steps are synchronised one by one, so the sum exceeds a normal run's."""
+        """Milliseconds per kernel family for one run (``step_ms``). Steps are synchronised one by
+        one, so the sum exceeds a normal run's."""
+        times: dict[str, float] = {}
+        for step, ms in zip(self.lowered.steps, self.step_ms(*inputs)):
+            times[step.kernel] = times.get(step.kernel, 0.0) + ms
+        return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+    def step_ms(self, *inputs: torch.Tensor) -> list[float]:
+        """Milliseconds of each step of one run, synchronised one by one: its OpenCL profiling events,
+        or its wall time when it has none (a torch-fallback step)."""
         q = self.device.queue(profiling=True)
         for v, t in zip(self.lowered.inputs, inputs):
             upload(q, self.arena, self.offsets, v, t)
         q.finish()
-        times: dict[str, float] = {}
+        out = []
         for step in self.lowered.steps:
             t0 = time.perf_counter()
             events = step.enqueue(q, self.arena, self.offsets)
             q.finish()
             events = [e for e in leaves(events) if e is not None and hasattr(e, "profile")]
-            ms = (sum(e.profile.end - e.profile.start for e in events) / 1e6 if events and not step.fallback
-                  else (time.perf_counter() - t0) * 1e3)
-            times[step.kernel] = times.get(step.kernel, 0.0) + ms
-        return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+            out.append(sum(e.profile.end - e.profile.start for e in events) / 1e6 if events and not step.fallback
+                       else (time.perf_counter() - t0) * 1e3)
+        return out
