@@ -229,9 +229,10 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
     torch.save({"student": s.state_dict(), "teacher": teacher, "data": data}, tmp_path / "in.pt")
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(tmp_path / "worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                   check=True, env=env, capture_output=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-4000:]
     rank0, rank1 = (torch.load(tmp_path / f"out.pt.{r}", weights_only=False) for r in (0, 1))
     one = finetune(s, teacher, DataLoader(data, batch_size=32, shuffle=True), DataLoader(data, batch_size=64),
                    config=FineTune(epochs=2, **QUIET))
