@@ -7,8 +7,8 @@ dilation of the original), 1x1 conv r_out->O (with the bias). "Rank" is the pair
 
 Computed by HOOI over modes 0 and 1 from the SVD start (the algorithm of TensorLy's
 ``partial_tucker``, same start, sweeps and stopping rule; a test holds the two to the same error),
-written here because it is 3 to 4x faster on large layers (512 x 512 x 3 x 3: 0.5 s against 2.0 s
-at rank 0.75, 0.8 s against 2.1 s at 0.25). Each sweep needs the leading left singular
+written here because it is 2.5 to 4.2x faster on 256- and 512-channel 3x3 kernels
+(``benchmarks/factorize.py --tucker-hooi``). Each sweep needs the leading left singular
 vectors of two unfoldings, O x (r_in*kh*kw) and C x (r_out*kh*kw). TensorLy gets them by a full
 ``gesdd`` SVD of the wide matrix (290 ms for 512 x 4608 here), and ``partial_tucker`` (0.10) does
 not pass its ``svd=`` choice on to the sweeps; the eigenvectors of the O x O Gram matrix in float64
