@@ -141,10 +141,12 @@ def compile(
         With ``between_steps=N`` and a budget plan, also N epochs after each step of the plan (its
         pruning, each factorization; ``report.finetune["between_steps"]``), before the final epochs.
     budget : Budget, optional
-        Adds the ``budget`` pass before ``fuse`` (or last): per layer, keep or factorize, chosen by the
-        cost model of the OpenCL device (its calibration profile when there is one) to meet the budget
-        with the least output error. The plan is in the report (``budget`` row details) and
-        ``BudgetError`` names the closest achievable when no choice meets it.
+        Adds the ``budget`` pass before ``fuse`` (or last): per layer, keep, factorize (method and
+        rank) or prune (ratio), chosen by the cost model of the OpenCL device (its calibration profile
+        when there is one) to meet the budget with the least output error, the plan then timed on the
+        device. The plan is in the report (``budget`` row details, with predicted and measured
+        latency) and ``BudgetError`` names the closest achievable when no choice meets it.
+        ``examples/budget_resnet.py`` shows it end to end.
 
     Returns
     -------
