@@ -107,6 +107,8 @@ def test_tucker2_hooi_reaches_tensorlys_partial_tucker_error(shape, ranks):
                                                      (shape[0], ranks[0], 1, 1)]
         ours = rel_err(w, tucker2_reconstruct(factors))
         assert 0.01 < theirs and abs(ours - theirs) < 1e-4 * theirs, (ours, theirs)
+        fro = [((tucker2_reconstruct(tucker2(w, ranks, n_iter_max=n)) - w).norm() / w.norm()).item() for n in (0, 10)]
+        assert fro[1] <= fro[0] + 1e-6  # the sweeps improve on their SVD start, never worsen it
         # the factors are orthonormal, as HOOI's are: the chain's 1x1 convs neither blow up nor shrink
         for u in (factors[0][:, :, 0, 0].T, factors[2][:, :, 0, 0]):
             assert torch.allclose(u.T @ u, torch.eye(u.shape[1]), atol=1e-4)

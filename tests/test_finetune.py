@@ -245,6 +245,30 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
         assert h2.val_loss == pytest.approx(h1.val_loss, rel=1e-5) and h2.val_acc == h1.val_acc
 
 
+def test_teardown_frees_cyclic_wrappers_before_the_process_group_goes():
+    """DDP wrappers sit in reference cycles: teardown collects them while the group still exists."""
+    import gc
+    import weakref
+
+    from compiler.finetune.distributed import DistContext, teardown_distributed
+
+    class Wrapper:
+        pass
+
+    gc.disable()
+    try:
+        w = Wrapper()
+        w.me = w
+        ref = weakref.ref(w)
+        del w
+        teardown_distributed(DistContext())  # one process: nothing to do
+        assert ref() is not None
+        teardown_distributed(DistContext(world=2, rank=0))
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_distillation_loss_matches_hinton():
     s, t, y = torch.randn(5, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
     T, a = 3.0, 0.7

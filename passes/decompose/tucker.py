@@ -33,8 +33,7 @@ def tucker2(w: torch.Tensor, ranks: tuple[int, int], *, n_iter_max: int = HOOI_I
     x = w.detach().float()
     o, c = x.shape[:2]
     u_out, u_in = _leading(x.reshape(o, -1), r_out), _leading(x.transpose(0, 1).reshape(c, -1), r_in)
-    core = torch.einsum("ochw,or,cs->rshw", x, u_out, u_in)
-    norm2, last = x.double().square().sum(), None
+    norm2, last, core = x.double().square().sum(), None, None
     for sweep in range(n_iter_max):
         u_out = _leading(torch.einsum("ochw,cs->oshw", x, u_in).reshape(o, -1), r_out)
         z = torch.einsum("ochw,or->crhw", x, u_out)
@@ -44,6 +43,8 @@ def tucker2(w: torch.Tensor, ranks: tuple[int, int], *, n_iter_max: int = HOOI_I
         if sweep > 1 and abs(last - err) < HOOI_TOL:
             break
         last = err
+    if core is None:  # no sweeps: the SVD start
+        core = torch.einsum("ochw,or,cs->rshw", x, u_out, u_in)
     return [t.to(w.dtype).contiguous() for t in (u_in.T[:, :, None, None], core, u_out[:, :, None, None])]
 
 
