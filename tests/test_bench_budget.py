@@ -1,12 +1,10 @@
 """The pure helper behind benchmarks/budget.py's "better than MACs" verdict: a swept baseline's
 error at the plan's measured latency. No planning, no timing."""
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import budget as bench  # noqa: E402
+from .conftest import import_benchmark
+
+bench = import_benchmark("budget")
 
 
 def test_error_at_the_plans_latency_is_read_off_the_sweep():

@@ -1,14 +1,12 @@
 """The pure helpers of benchmarks/compress_fashion_mnist.py: Pareto front, ratios, the acceptance verdict,
 and that every benchmark pipeline names registered passes with valid arguments. No training, no timing."""
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compress_fashion_mnist as bench  # noqa: E402
+from compiler.pipelines import load_pipeline
 
-from compiler.pipelines import load_pipeline  # noqa: E402
+from .conftest import import_benchmark
+
+bench = import_benchmark("compress_fashion_mnist")
 
 
 def test_pareto_front_keeps_only_undominated_points_by_cost():
