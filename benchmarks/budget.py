@@ -2,7 +2,7 @@
 
 For each model and each budget (a fraction of the original's predicted latency), the ``budget`` pass
 chooses per layer between keeping it, Tucker-2 / SVD at several ranks, and pruning each channel
-group at 25% or 50%, with the device's cost model (its calibration profile when ``fxcompress
+group at 25%, 50% or 75% (its default candidates, or ``--ranks`` / ``--prune-ratios``), with the device's cost model (its calibration profile when ``fxcompress
 calibrate`` made one). Two baselines at the same MACs as the budget plan: the same layers factorized
 with one uniform rank fraction, and every channel group pruned by one uniform ratio (multiples of 8
 channels, as the plan's), each bisected until its MACs match. All are compiled for OpenCL and timed

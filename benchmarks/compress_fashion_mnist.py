@@ -108,7 +108,9 @@ def _budget(label: str, budget: dict, **kw) -> Point:
     """The budget pass's plan: per layer keep / Tucker-2 / SVD, per channel group a pruning ratio, chosen
     by the OpenCL device's calibrated cost model at batch 256, scored on 256 training images."""
     return Point(label=label, method="budget", example_batch=256, **kw,
-                 passes=({"name": "budget", "budget": budget, "prune_ratios": [0.25, 0.5, 0.625, 0.75]},))
+                 passes=({"name": "budget", "budget": budget,
+                          "ranks": [0.75, 0.5, 0.35, 0.25],  # the pass's defaults when the README's run was made
+                          "prune_ratios": [0.25, 0.5, 0.625, 0.75]},))
 
 
 # ResNet-8 fine-tunes about 2.5x slower per image than small_cnn: it gets one strength per method
