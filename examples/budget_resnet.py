@@ -33,7 +33,7 @@ def main() -> None:
     budget = {"name": "budget", "budget": {"latency_ratio": args.ratio}, "plan_path": args.plan, "progress": True}
     cm = compiler.compile(model, x, target="opencl", pipeline=["cleanup", "fold_bn", budget, "fuse"])
     s = cm.report.row("budget").details[-1]
-    print(f"\nplan ({args.plan}): {len(s['plan'])} layers factorized, {len(s['prune'])} channel groups pruned")
+    print(f"\nplan ({args.plan}): layers factorized {len(s['plan'])}, channel groups pruned {len(s['prune'])}")
     for path, choice in s["plan"].items():
         print(f"  factorize {path}: {choice['method']} rank {choice['rank']}")
     for path, ratio in s["prune"].items():
