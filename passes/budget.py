@@ -17,7 +17,8 @@ Three steps, kept apart:
    trial applied to a copy and judged by its predicted latency and measured output error; the
    allocation's plan is its first trial.
 3. execution: the decisions become a ``compiler.budget.Plan`` (JSON, replayable on the original model
-   as a prune_channels pass and factorize passes) and those passes run here. Pruning and factorizing
+   as a prune_channels pass and factorize passes) and those passes run here (``budget_plans.py``:
+   picks to a plan, applied, priced and timed as the pass judges them). Pruning and factorizing
    neighbouring layers do not add exactly (a rank fraction of a pruned layer is fewer channels), so
    a plan with pruning is tried on a copy first: a factorization no faster than its layer as pruned
    is held at "keep" and the rest allocated again, the limits are tightened until the applied
@@ -46,22 +47,19 @@ from tqdm.auto import tqdm
 
 from compiler.analysis import count_macs, count_params
 from compiler.budget import PRUNE_ROUND_TO, Budget, Plan
-from compiler.cost import CostModel, Work, module_layers, predict_graph
+from compiler.cost import CostModel
 from compiler.cost.graph import reads_model_input
 from compiler.cost.allocate import Allocation, Candidate, allocate
 from compiler.cost.search import Search, search
 from compiler.errors import BudgetError, PipelineError
 from compiler.graph import call_counts
-from compiler.instruments import output_error
 from compiler.pass_base import Pass, PassContext, PassResult
-from compiler.pipelines import build_pass
 from compiler.report import Refusal
 from compiler.target import Target
 
-from .decompose import METHODS, parse_rank, resolve_ranks
-from .factor_layers import build_chain
+from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _measured_ms, _method, _over,
+                           _plan, _predicted_ms, _price, _prune, _rel_err, _run, _totals)
 from .factorize import Factorize, _capture_inputs
-from .fuse import Fuse
 from .prune_channels import PruneChannels
 from .pruning.depgraph import analyse
 
@@ -435,117 +433,3 @@ class BudgetPass(Pass, name="budget"):
             if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
                 slower.add(n.target)
         return slower
-
-
-PRUNE = "prune:"  # table keys of channel groups, apart from the layer paths
-
-
-def _over(got: dict[str, float], limits: dict[str, float]) -> list[str]:
-    """The resources of ``got`` over their limit (beyond float noise: 1e-4 relative)."""
-    return [k for k, v in limits.items() if got[k] > v * (1 + 1e-4)]
-
-
-def _kept(picks: dict[str, Candidate], tables: dict[str, list[Candidate]], names: set[str]) -> dict[str, Candidate]:
-    """``picks`` with the tables ``names`` back at "keep" (their first candidate)."""
-    return {p: tables[p][0] if p in names else c for p, c in picks.items()}
-
-
-def _prune(groups: dict[str, float]) -> PruneChannels:
-    """The pass that prunes the groups of these layers (only) at these ratios."""
-    return PruneChannels(ratio=0.0, overrides=groups, round_to=PRUNE_ROUND_TO)
-
-
-def _changes(picks: dict[str, Candidate]) -> dict[str, Candidate]:
-    """The picks that change something (not "keep")."""
-    return {p: c for p, c in picks.items() if c.choice is not None}
-
-
-def _plan(picks: dict[str, Candidate], budget: dict | None = None) -> Plan:
-    picks = _changes(picks)
-    return Plan(layers={p: dict(c.choice) for p, c in picks.items() if not p.startswith(PRUNE)},
-                prune={p[len(PRUNE):]: c.choice["prune"] for p, c in picks.items() if p.startswith(PRUNE)},
-                budget=budget or {})
-
-
-def _apply(plan: Plan, gm: fx.GraphModule, ctx: PassContext,
-           after_step: Callable[[fx.GraphModule, str], object] | None = None) -> list[PassResult]:
-    """Run the plan's passes on ``gm``: the pruning, then the factorizations; ``after_step(gm, step)``
-    after each, the step named by its pass ("prune_channels", "factorize tucker2")."""
-    results = []
-    for spec in plan.pipeline():
-        results.append(build_pass(spec, where="budget plan").run(gm, ctx))
-        if after_step is not None:
-            after_step(gm, " ".join(str(spec[k]) for k in ("name", "method") if k in spec))
-    return results
-
-
-def _applied(gm: fx.GraphModule, picks: dict[str, Candidate], ctx: PassContext) -> fx.GraphModule:
-    """A copy of ``gm`` with the plan of ``picks`` applied."""
-    trial = copy.deepcopy(gm)
-    _apply(_plan(picks), trial, ctx)
-    return trial
-
-
-def _totals(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> dict[str, float]:
-    """Predicted latency, params and MACs of ``gm``, the resources a Budget bounds."""
-    return {"ms": _predicted_ms(gm, cm, ctx), "params": count_params(gm), "macs": count_macs(gm)}
-
-
-def _predicted_ms(gm: fx.GraphModule, cm: CostModel, ctx: PassContext) -> float:
-    """Predicted latency of ``gm`` as it will run: on a copy fused by the ``fuse`` pass, so
-    activations and residual adds that become conv epilogues cost no launch of their own (priced
-    one by one, they made ResNet-18's fixed part - what no candidate changes - look twice as large,
-    and a 0.5 budget was missed by 20% when measured)."""
-    fused = copy.deepcopy(gm)
-    Fuse().run(fused, ctx)
-    return predict_graph(fused, cm).total_ms
-
-
-def _measured_ms(graphs: dict[str, fx.GraphModule], ctx: PassContext, span_s: float = 0.0) -> dict[str, float]:
-    """Wall ms per call of each graph as the OpenCL runtime runs it, fused as ``_predicted_ms`` prices
-    it, timed in turns (``compiler.cost.wall_ms_each``, the statistic the calibration fits), 8 rounds
-    spread over ``span_s``. Over 1 s, one such timing read a MobileNetV2 plan 4.06 ms that budget.py,
-    over 20 s, read 4.18 for a more compressed one: this host's slow phases last seconds."""
-    from compiler.cost import wall_ms_each
-    from compiler.report import CompileReport
-    from runtime.opencl.backend import OpenCLBackend
-
-    runs = {}
-    for name, g in graphs.items():
-        fused = copy.deepcopy(g)
-        Fuse().run(fused, ctx)
-        runner = OpenCLBackend().prepare(fused, ctx.example_inputs, CompileReport())
-        runs[name] = lambda r=runner: r(*ctx.example_inputs)
-    with torch.no_grad():
-        return wall_ms_each(runs, rounds=8, per_block=5, span_s=span_s)
-
-
-def _method(layer: nn.Module) -> str:
-    """Tucker-2 for k x k convs, SVD for 1x1 convs and Linears."""
-    return "svd" if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1) else "tucker2"
-
-
-def _factorized(layer: nn.Module, rank: float) -> tuple[int, Callable[[], nn.Sequential]]:
-    """The parameters of ``layer`` factorized by its method (``_method``) at rank fraction ``rank``,
-    and what builds that chain (the decomposition, only when wanted)."""
-    method = _method(layer)
-    m = METHODS[(method, "linear" if isinstance(layer, nn.Linear) else "conv")]
-    w = layer.weight.detach()
-    ranks = resolve_ranks(parse_rank(rank), m, w)
-    nparams = m.params(tuple(w.shape), ranks) + (layer.bias.numel() if layer.bias is not None else 0)
-    return nparams, lambda: nn.Sequential(*build_chain(method, layer, m.decompose(w, ranks)))
-
-
-def _price(cm: CostModel, m: nn.Module, shape, nchw: bool = False) -> tuple[float, int]:
-    layers, _ = module_layers(m, shape, nchw=nchw)
-    return sum(cm.launch_ms(Work("", x.family, x)) for x in layers), sum(x.macs for x in layers)
-
-
-def _run(gm: fx.GraphModule, inputs):
-    with torch.no_grad():
-        return gm(*inputs)
-
-
-def _rel_err(reference, outputs) -> float:
-    """The report's relative output error (``compiler.instruments.output_error``)."""
-    return output_error(reference, outputs)[1]
