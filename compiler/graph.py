@@ -73,3 +73,23 @@ def is_stochastic_depth_eval(n: fx.Node) -> bool:
         return False
     training = n.args[3] if len(n.args) > 3 else n.kwargs.get("training", True)
     return training is False
+
+
+# Reads of a tensor's metadata, not its values (see compiler/canonical.py).
+META_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse", "is_quantized"})
+META_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "get_device", "is_contiguous",
+                          "is_floating_point", "is_complex", "element_size"})
+
+
+def is_metadata_read(n: fx.Node) -> bool:
+    """``x.shape``, ``x.ndim``, ``x.size(i)``, ``x.dim()`` and the like: a use of ``x`` that reads no value."""
+    if not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    if n.op == "call_function" and n.target is getattr and len(n.args) == 2:
+        return n.args[1] in META_ATTRS
+    return n.op == "call_method" and n.target in META_METHODS
+
+
+def value_users(n: fx.Node) -> list[fx.Node]:
+    """The users of ``n`` that read its values: metadata reads (a batch size kept symbolic) are left out."""
+    return [u for u in n.users if not is_metadata_read(u)]

@@ -9,6 +9,7 @@ called as a whole, not traced through - and tracing is retried. Every such fallb
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import traceback
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .canonical import Canonical, canonicalize
 from .errors import InputError, TraceError
 from .ops import LEAF_OPS
 
@@ -41,6 +43,7 @@ class AutoLeaf:
 class TraceInfo:
     user_leaves: tuple[str, ...] = ()
     auto_leaves: list[AutoLeaf] = field(default_factory=list)
+    canonical: Canonical | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -88,6 +91,7 @@ def trace(
     *,
     leaf_modules: Iterable[LeafSpec] = (),
     max_fallbacks: int = 32,
+    dynamic_batch: bool = True,
 ) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule whose nodes carry shapes and dtypes.
 
@@ -101,6 +105,9 @@ def trace(
         Submodules to keep whole rather than trace through.
     max_fallbacks : int
         How many untraceable submodules may be turned into leaves before giving up.
+    dynamic_batch : bool
+        Keep reads of the batch size symbolic, so the graph runs at any batch (``compiler.canonical``).
+        False folds them to the traced batch too. Other shape metadata is always folded.
 
     Raises
     ------
@@ -123,10 +130,11 @@ def trace(
         raise InputError(f"leaf_modules names paths that are not submodules of the model: {sorted(unknown)}")
 
     info = TraceInfo(user_leaves=tuple(sorted(leaf_paths)) + tuple(t.__qualname__ for t in leaf_types))
+    concrete = _defaults_beyond(model, len(inputs))
     for _ in range(max_fallbacks + 1):
         tracer = _Tracer(leaf_types, leaf_paths)
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=concrete or None)
             break
         except Exception as e:  # noqa: BLE001 - anything fx raises is a trace failure here
             path = getattr(e, "_fxcompress_module_path", "")
@@ -146,7 +154,25 @@ def trace(
     gm.meta[TRACE_INFO] = info
     _check_arity(gm, inputs)
     propagate_shapes(gm, inputs)
+    info.canonical = canonicalize(gm, inputs, dynamic_batch=dynamic_batch)
     return gm
+
+
+def _defaults_beyond(model: nn.Module, n_inputs: int) -> dict[str, object]:
+    """``forward`` arguments past the example inputs whose defaults are plain constants (timm's
+    ``attn_mask=None, is_causal=False``): traced as those constants, so code that branches on them
+    follows the path the model takes when they are left out."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in params[n_inputs:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        if p.default is None or isinstance(p.default, (bool, int, float, str)):
+            out[p.name] = p.default
+    return out
 
 
 class _ShapeProp(ShapeProp):

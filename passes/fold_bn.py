@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
-from compiler.graph import call_counts, describe, fetch_attr, is_module, user_names
+from compiler.graph import call_counts, describe, fetch_attr, is_module, value_users
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 
@@ -104,8 +104,8 @@ class FoldBN(Pass, name="fold_bn"):
 
     @staticmethod
     def _refusal(gm: fx.GraphModule, bn: fx.Node, src: fx.Node, calls) -> str | None:
-        if len(src.users) > 1:
-            others = [u for u in user_names(src) if u != bn.name]
+        if len(value_users(src)) > 1:  # metadata reads see the same shape after the fold
+            others = [u.name for u in value_users(src) if u is not bn]
             return f"output of {describe(gm, src)} is also used by {others}, which would see normalised values"
         if calls[src.target] > 1:
             return f"module '{src.target}' is called {calls[src.target]} times (shared weights)"

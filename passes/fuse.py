@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
-from compiler.graph import add_operands, call_counts, describe, is_module, set_submodule, user_names
+from compiler.graph import (add_operands, call_counts, describe, is_metadata_read, is_module, set_submodule, user_names,
+                            value_users)
 from compiler.ops import FUSABLE_OPS, FusedOp
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
@@ -88,13 +89,17 @@ class Fuse(Pass, name="fuse"):
         if self.activations and nxt is not None and (name := activation_name(gm, nxt)) is not None:
             act = name
             chain.append(nxt)
-        elif len(last.users) > 1 and any(activation_name(gm, u) for u in last.users):
+        elif len(value_users(last)) > 1 and any(activation_name(gm, u) for u in value_users(last)):
             refusal = f"output of {describe(gm, last)} is used by {user_names(last)}; fusing would drop it"
+        if residual is not None and _computed_from(residual, _early_readers(gm, chain)):
+            refusal = f"the residual of {describe(gm, op)} is computed from a shape read of the fused chain"
+            chain, residual, act = [op], None, None
         return chain, residual, act, refusal
 
     @staticmethod
     def _single_user(n: fx.Node) -> fx.Node | None:
-        return next(iter(n.users)) if len(n.users) == 1 else None
+        users = value_users(n)  # a metadata read (a symbolic batch size) sees the same shape after fusion
+        return users[0] if len(users) == 1 else None
 
     @staticmethod
     def _rewrite(gm: fx.GraphModule, chain: list[fx.Node], residual: fx.Node | None, act: str | None) -> None:
@@ -104,6 +109,38 @@ class Fuse(Pass, name="fuse"):
             args = (op.args[0], residual) if residual is not None else (op.args[0],)
             new = gm.graph.call_module(op.target, args)
         new.meta = dict(last.meta)  # same output shape and dtype
-        last.replace_all_uses_with(new)
+        anchor = new
+        for reader in _early_readers(gm, chain):  # they now read the fused node, so they must follow it
+            anchor.append(reader)
+            anchor = reader
+        for node in chain:  # metadata reads of the intermediates: every one has the fused output's shape
+            node.replace_all_uses_with(new)
         for node in reversed(chain):
             gm.graph.erase_node(node)
+
+
+def _early_readers(gm: fx.GraphModule, chain: list[fx.Node]) -> list[fx.Node]:
+    """Metadata reads of the chain's intermediates that come before its last node, with everything
+    computed from them before it, in graph order (a symbolic batch size read off a conv output)."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    end = order[chain[-1]]
+    stack = [u for node in chain[:-1] for u in node.users if is_metadata_read(u) and order[u] < end]
+    found: set[fx.Node] = set()
+    while stack:
+        x = stack.pop()
+        if x not in found:
+            found.add(x)
+            stack += [u for u in x.users if order[u] < end and u not in chain]
+    return sorted(found, key=order.__getitem__)
+
+
+def _computed_from(n: fx.Node, nodes: list[fx.Node]) -> bool:
+    stack, seen, targets = [n], set(), set(nodes)
+    while stack:
+        x = stack.pop()
+        if x in targets:
+            return True
+        if x not in seen:
+            seen.add(x)
+            stack += x.all_input_nodes
+    return False

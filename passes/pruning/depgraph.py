@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
-from compiler.graph import is_stochastic_depth_eval
+from compiler.graph import is_metadata_read, is_stochastic_depth_eval, value_users
 
 from . import rules
 from .attention import ATTENTION, attention
@@ -72,7 +72,7 @@ def _check_params(gm: fx.GraphModule, cg: ChannelGraph) -> None:
         if not followed:
             continue
         first = cg.params[followed[0].name]
-        if len(followed) < len(uses) or any(len(u.users) != 1 for u in uses):
+        if len(followed) < len(uses) or any(len(value_users(u)) != 1 for u in uses):
             for u in followed:
                 cg.block(cg.params.pop(u.name)[1], f"'{u.target}' is also used where its channels are not followed")
             continue
@@ -90,6 +90,8 @@ def _transfer(gm: fx.GraphModule, n: fx.Node, cg: ChannelGraph) -> list[Entry]:
     if n.op == "output":
         for a in n.all_input_nodes:
             cg.block(cg.maps.get(a.name), "reaches the model output")
+        return []
+    if is_metadata_read(n):  # a shape read (a batch size kept symbolic) carries no channels
         return []
     src = n.args[0] if n.args else None
     inp = cg.maps.get(src.name) if isinstance(src, fx.Node) else None
