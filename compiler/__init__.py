@@ -5,6 +5,10 @@
     print(cm.report)
     cm.export_onnx("model.onnx")
 """
+from .compat import patch_torchvision
+
+patch_torchvision()  # before any user code imports torchvision or timm
+
 from .api import CompiledModel, compile
 from .budget import Budget, Plan
 from .errors import (

@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from .budget import Budget
-from .errors import BudgetError, FineTuneError, InputError, PipelineError
+from .errors import BudgetError, ExportError, FineTuneError, InputError, PipelineError
 from .finetune import FineTune, finetune as run_finetune
 from .pass_manager import PassManager
 from .pipelines import PipelineSpec, build_pass, load_pipeline
@@ -50,6 +50,11 @@ class CompiledModel(nn.Module):
         """
         from runtime.onnx import export_onnx
 
+        canonical = self.report.canonical or {}
+        if dynamic_batch and canonical.get("batch_folded"):
+            raise ExportError(f"dynamic_batch=True, but {canonical['batch_folded']} reads of the batch size were folded to the "
+                              "traced batch (compile(..., dynamic_batch=False), or the model fails at another batch); "
+                              "export with dynamic_batch=False")
         result = export_onnx(self.graph_module, self._example_inputs, path,
                              dynamic_batch=dynamic_batch, external_data=external_data)
         self.report.export = result.to_dict()
@@ -118,6 +123,7 @@ def compile(
     train_data: Iterable | None = None,
     val_data: Iterable | None = None,
     budget: Budget | None = None,
+    dynamic_batch: bool = True,
 ) -> CompiledModel:
     """Compile ``model`` for inference on ``target``.
 
@@ -131,6 +137,8 @@ def compile(
     target : "torch" (eager run of the rewritten graph), "onnx" (exported and run in onnxruntime) or
         "opencl" (our kernels on an OpenCL device; ``FXCOMPRESS_OPENCL_DEVICE`` picks it)
     leaf_modules : module types or dotted paths to keep whole instead of tracing through
+    dynamic_batch : keep reads of the batch size symbolic so the result runs (and exports) at any
+        batch; False folds them to the example's batch too (``compiler.canonical``)
     verify : compare with eager after every pass (``VerificationError`` past a pass's tolerance)
     dump_dir : write the graph after each pass here
     finetune : FineTune, optional
@@ -165,7 +173,7 @@ def compile(
     backend = get_backend(target)  # fail fast on a bad target name
     reference = run_eager(model, inputs)
     t0 = time.perf_counter()
-    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    gm = trace(model, inputs, leaf_modules=leaf_modules, dynamic_batch=dynamic_batch)
     trace_seconds = time.perf_counter() - t0
     if budget is not None:
         pipeline = with_budget(pipeline, budget)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.fx as fx
@@ -60,6 +60,9 @@ class Canonical:
         if self.batch_folded:
             parts.append(f"{self.batch_folded} batch-size reads folded (the graph runs at the traced batch only)")
         return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "summary": self.summary()}
 
 
 def _foldable(v) -> bool:

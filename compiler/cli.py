@@ -1,6 +1,7 @@
 """The ``fxcompress`` command line.
 
     fxcompress compile path/to/model.py:factory --input-shape 1,3,224,224 [--pipeline p.toml]
+    fxcompress compile timm:mobilenetv2_100 --input-shape 1,3,224,224 [--weights state_dict.pt]
                        [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
                        [--finetune-data fashion-mnist [--epochs 3] [--lr 1e-3] [--train-limit N] ...]
     fxcompress passes
@@ -23,11 +24,58 @@ from .errors import CompilerError, InputError
 from .finetune import OPTIMIZERS, FineTune
 
 
+ZOOS = ("timm", "torchvision")
+
+
+def _load_model(spec: str, weights: str | None) -> nn.Module:
+    """``timm:NAME`` / ``torchvision:NAME`` (random weights) or ``file.py:factory``; then ``--weights``."""
+    zoo_name, sep, name = spec.partition(":")
+    model = _zoo_model(zoo_name, name) if sep and zoo_name in ZOOS else _load_factory(spec)
+    if weights is not None:
+        _load_weights(model, weights)
+    return model.eval()
+
+
+def _zoo_model(zoo_name: str, name: str) -> nn.Module:
+    from . import zoo
+
+    if zoo_name == "timm":
+        timm = zoo.import_timm()
+        known = timm.list_models()
+        if name not in known:
+            close = [k for k in known if name.lower() in k][:8]
+            raise InputError(f"timm has no model '{name}'" + (f"; similar: {close}" if close else f"; it has {len(known)}, see timm.list_models()"))
+        return timm.create_model(name, pretrained=False)
+    models = zoo.import_torchvision().models
+    known = models.list_models(module=models)
+    if name not in known:
+        raise InputError(f"torchvision has no classification model '{name}'; valid: {known}")
+    return models.get_model(name, weights=None)
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load a ``state_dict`` with ``weights_only=True``: a weights file is data, never code."""
+    if not Path(path).is_file():
+        raise InputError(f"--weights file '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickles with code, truncated files: all refused the same way
+        raise InputError(f"--weights '{path}' is not a state_dict torch.load(weights_only=True) accepts: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"--weights '{path}' holds a {type(state).__name__}, not a state_dict")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"--weights '{path}' does not fit the model: missing keys {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+
+
 def _load_factory(spec: str) -> nn.Module:
     """Import ``file.py:factory`` and call ``factory()``. The model file is the user's code, run as such."""
     file, sep, name = spec.rpartition(":")
     if not sep or not file or not name:
-        raise InputError(f"model must be given as PATH/TO/file.py:factory, got '{spec}'")
+        raise InputError(f"model must be given as PATH/TO/file.py:factory, timm:NAME or torchvision:NAME, got '{spec}'")
     path = Path(file)
     if not path.is_file():
         raise InputError(f"model file '{path}' does not exist")
@@ -58,7 +106,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def _cmd_compile(args) -> int:
     from . import compile as compile_model
 
-    model = _load_factory(args.model)
+    model = _load_model(args.model, args.weights)
     gen = torch.Generator().manual_seed(args.seed)
     inputs = tuple(torch.randn(s, generator=gen) for s in args.input_shape)
     pipeline = args.pipeline or "default"
@@ -151,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="trace a model, run a pass pipeline, report, export")
-    c.add_argument("model", help="PATH/TO/file.py:factory, where factory() returns an nn.Module")
+    c.add_argument("model", help="PATH/TO/file.py:factory (factory() returns an nn.Module), or timm:NAME / torchvision:NAME")
+    c.add_argument("--weights", help="a state_dict file to load into the model (torch.load with weights_only=True)")
     c.add_argument("--input-shape", type=_shape, action="append", required=True,
                    help="shape of one example input, e.g. 1,3,224,224 (repeat for several inputs)")
     c.add_argument("--pipeline", help="a named pipeline ('default') or a TOML pipeline file")

@@ -75,6 +75,7 @@ class PassManager:
         report = CompileReport(
             model=gm.__class__.__name__,
             auto_leaves=[{"path": a.path, "reason": a.reason} for a in info.auto_leaves] if info else [],
+            canonical=info.canonical.to_dict() if info and info.canonical else None,
         )
         base = PassRow("trace")
         for ins in instruments:

@@ -43,6 +43,7 @@ class CompileReport:
     model: str = ""
     rows: list[PassRow] = field(default_factory=list)
     auto_leaves: list[dict] = field(default_factory=list)  # {path, reason}: submodules kept whole
+    canonical: dict | None = None  # what canonicalisation folded (compiler.canonical.Canonical)
     target: str = "torch"
     export: dict | None = None  # ONNX export: path, opset, parity errors
     backend: dict | None = None  # what the target backend reports (OpenCL: steps, fallbacks, peak memory)
@@ -84,6 +85,13 @@ class CompileReport:
         fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
         lines = [f"fxcompress report: {self.model} -> target {self.target}", fmt(head), fmt(["-" * w for w in widths])]
         lines += [fmt(b) for b in body]
+        idle = [r.name for r in self.rows[1:] if r.matches == 0 and r.name != "cleanup"]
+        if idle:  # a rewrite that did nothing says so here, not only in its per-node refusals
+            refused = {r.name: len(r.refusals) for r in self.rows}
+            lines.append("  matched nothing: " + ", ".join(
+                f"{n} ({refused[n]} refused, see below)" if refused[n] else f"{n} (no candidate in this graph)" for n in idle))
+        if self.canonical and self.canonical.get("summary"):
+            lines.append(f"  canonical graph: {self.canonical['summary']}")
         for r in self.rows:
             if r.details:
                 lines += ["", f"{r.name}: per layer", *layer_table(r.details), ""]

@@ -155,6 +155,8 @@ def trace(
     _check_arity(gm, inputs)
     propagate_shapes(gm, inputs)
     info.canonical = canonicalize(gm, inputs, dynamic_batch=dynamic_batch)
+    if concrete and len(info.canonical.bound_arguments) == len(concrete):  # fx renames them (scale -> scale_1)
+        info.canonical.bound_arguments = [f"{k}={v!r}" for k, v in concrete.items()]
     return gm
 
 

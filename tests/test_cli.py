@@ -97,3 +97,77 @@ def test_calibrate_writes_a_profile_the_cost_model_loads(tmp_path, capsys):
     assert len(profile.networks) == 4 and all(ms > 0 and len(work) > 3 for work, ms in profile.networks)
     model = CostModel(profile.target, profile)  # four networks: the composition is fitted
     assert model.scale > 0 and model.step_us >= 0 and model.call_ms >= 0
+
+
+def _matches(report: str, name: str) -> int:
+    """The matches column of pass ``name`` in a printed report."""
+    row = next(line for line in report.splitlines() if line.split()[:1] == [name])
+    return int(row.split()[3])
+
+
+TIMM_FACTORY = textwrap.dedent(
+    """
+    import timm  # imports torchvision: dies on CPU torch unless `import compiler` patched it first
+
+    def tiny():
+        return timm.create_model("resnet18", pretrained=False, num_classes=10)
+    """
+)
+
+
+def test_a_factory_that_imports_timm_runs_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    f = tmp_path / "user_model.py"
+    f.write_text(TIMM_FACTORY)
+    run = subprocess.run([sys.executable, "-m", "compiler.cli", "compile", f"{f}:tiny", "--input-shape", "1,3,32,32"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _matches(run.stdout, "fold_bn") == 20  # every BatchNorm of timm's resnet18 folded
+
+
+@pytest.mark.parametrize("spec", ["timm:lcnet_050", "torchvision:mobilenet_v3_small"])
+def test_zoo_models_by_name(spec, capsys):
+    assert main(["compile", spec, "--input-shape", "1,3,32,32"]) == 0
+    out = capsys.readouterr().out
+    assert _matches(out, "fold_bn") > 10 and _matches(out, "fuse") > 10
+    assert "canonical graph: " in out
+
+
+def test_weights_are_loaded_with_weights_only(tmp_path, capsys):
+    import torch
+
+    from compiler import zoo
+
+    model = zoo.randomize(zoo.import_timm().create_model("lcnet_050", pretrained=False), seed=3)
+    good = tmp_path / "w.pt"
+    torch.save(model.state_dict(), good)
+    rep = tmp_path / "r.json"
+    assert main(["compile", "timm:lcnet_050", "--weights", str(good), "--input-shape", "1,3,32,32", "--report", str(rep)]) == 0
+    # the randomised statistics were loaded: a fresh lcnet_050 has running_var 1, which folding would not change
+    assert json.loads(rep.read_text())["rows"][2]["matches"] > 0
+
+    class Payload:  # a pickle that would run code on load
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": Payload()}, bad)
+    capsys.readouterr()
+    assert main(["compile", "timm:lcnet_050", "--weights", str(bad), "--input-shape", "1,3,32,32"]) == 1
+    err = capsys.readouterr()
+    assert "weights_only=True" in err.err and "pwned" not in err.out
+
+    torch.save({"nope.weight": torch.zeros(1)}, bad)
+    assert main(["compile", "timm:lcnet_050", "--weights", str(bad), "--input-shape", "1,3,32,32"]) == 1
+    assert "does not fit the model: missing keys" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("timm:resnet_nope", "timm has no model 'resnet_nope'"),
+    ("torchvision:resnet_nope", "torchvision has no classification model 'resnet_nope'; valid: ["),
+])
+def test_unknown_zoo_names(spec, message, capsys):
+    assert main(["compile", spec, "--input-shape", "1,3,32,32"]) == 1
+    assert message in capsys.readouterr().err
