@@ -90,7 +90,8 @@ class CompileReport:
             refused = {r.name: len(r.refusals) for r in self.rows}
             lines.append("  matched nothing: " + ", ".join(
                 f"{n} ({refused[n]} refused, see below)" if refused[n] else f"{n} (no candidate in this graph)" for n in idle))
-        if self.canonical and self.canonical.get("summary"):
+        c = self.canonical or {}
+        if c.get("folded") or c.get("asserts_removed") or c.get("bound_arguments") or c.get("batch_folded"):
             lines.append(f"  canonical graph: {self.canonical['summary']}")
         for r in self.rows:
             if r.details:

@@ -20,7 +20,7 @@ from compiler.instruments import output_error
 from compiler.pass_base import PassContext, PassResult
 from compiler.pipelines import build_pass
 
-from .decompose import METHODS, parse_rank, resolve_ranks
+from .decompose import for_layer, parse_rank, resolve_ranks
 from .factor_layers import build_chain
 from .fuse import Fuse
 from .prune_channels import PruneChannels
@@ -120,7 +120,7 @@ def _factorized(layer: nn.Module, rank: float) -> tuple[int, Callable[[], nn.Seq
     """The parameters of ``layer`` factorized by its method (``_method``) at rank fraction ``rank``,
     and what builds that chain (the decomposition, only when wanted)."""
     method = _method(layer)
-    m = METHODS[(method, "linear" if isinstance(layer, nn.Linear) else "conv")]
+    m = for_layer(method, "linear" if isinstance(layer, nn.Linear) else "conv", getattr(layer, "groups", 1))
     w = layer.weight.detach()
     ranks = resolve_ranks(parse_rank(rank), m, w)
     nparams = m.params(tuple(w.shape), ranks) + (layer.bias.numel() if layer.bias is not None else 0)

@@ -46,7 +46,9 @@ def _linear(w: torch.Tensor, bias=None) -> nn.Linear:
 
 
 def build_chain(method: str, layer: nn.Module, factors: list[torch.Tensor]) -> list[nn.Module]:
-    """The layers that replace ``layer``, in order."""
+    """The layers that replace ``layer``, in order. A grouped conv's factors are its groups' factors
+    stacked along the output axis (``decompose.grouped``), so every factor is a conv with the same
+    groups; CP's depthwise factors already have one group per stacked rank."""
     bias = layer.bias.detach() if layer.bias is not None else None
     if isinstance(layer, nn.Linear):
         if method == "svd":
@@ -58,26 +60,27 @@ def build_chain(method: str, layer: nn.Module, factors: list[torch.Tensor]) -> l
     sh, sw = layer.stride
     dh, dw = layer.dilation
     mode = layer.padding_mode
+    g = layer.groups
     # 'same' becomes explicit numbers where symmetric: onnxruntime rejects SAME auto-padding with dilation
     padding = explicit_padding(layer) or layer.padding
-    spatial = dict(stride=layer.stride, padding=padding, dilation=layer.dilation, padding_mode=mode)
+    spatial = dict(stride=layer.stride, padding=padding, dilation=layer.dilation, padding_mode=mode, groups=g)
     if method == "svd":
         w1, w2 = factors
-        return [_conv(w1, **spatial), _conv(w2, bias=bias)]
+        return [_conv(w1, **spatial), _conv(w2, bias=bias, groups=g)]
     if method == "tucker2":
         first, core, last = factors
-        return [_conv(first), _conv(core, **spatial), _conv(last, bias=bias)]
+        return [_conv(first, groups=g), _conv(core, **spatial), _conv(last, bias=bias, groups=g)]
     ph, pw = padding
     vert = dict(stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), padding_mode=mode)
     horiz = dict(stride=(1, sw), padding=(0, pw), dilation=(1, dw), padding_mode=mode)
     if method == "spatial_svd":
         v, h = factors
-        return [_conv(v, **vert), _conv(h, bias=bias, **horiz)]
+        return [_conv(v, groups=g, **vert), _conv(h, bias=bias, groups=g, **horiz)]
     if method == "cp":
         first, v, h, last = factors
-        r = first.shape[0]
-        return [_conv(first), _conv(v, groups=r, **vert), _conv(h, groups=r, **horiz), _conv(last, bias=bias)]
+        r = first.shape[0]  # all groups' ranks
+        return [_conv(first, groups=g), _conv(v, groups=r, **vert), _conv(h, groups=r, **horiz), _conv(last, bias=bias, groups=g)]
     if method == "tt":
         first, v, h, last = factors
-        return [_conv(first), _conv(v, **vert), _conv(h, **horiz), _conv(last, bias=bias)]
+        return [_conv(first, groups=g), _conv(v, groups=g, **vert), _conv(h, groups=g, **horiz), _conv(last, bias=bias, groups=g)]
     raise ValueError(f"no Conv2d form for method '{method}'")

@@ -15,8 +15,10 @@ method          a k x k Conv2d becomes                                      a Li
 ``rank`` is a rank spec (see ``passes/decompose/ranks.py``): an int, a fraction of full rank,
 ``"params:p"``, ``"energy:e"`` or ``"vbmf"``. ``overrides`` maps module-path globs to a rank spec or
 ``"skip"``; the first matching glob wins. Layers are skipped (with the reason in the report) when
-they are the first or last conv/linear, smaller than ``min_params``, depthwise, grouped, a 1x1 conv
+they are the first or last conv/linear, smaller than ``min_params``, depthwise, a 1x1 conv
 for a method that needs a spatial kernel, or when the factorization would not reduce parameters.
+
+A grouped conv is factorized per group into grouped layers (``decompose.grouped``).
 
 Run it before ``fuse``: it rewrites plain ``nn.Conv2d`` / ``nn.Linear`` nodes.
 """
@@ -37,7 +39,7 @@ from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 from compiler.trace import propagate_shapes
 
-from .decompose import METHODS, parse_rank, resolve_ranks
+from .decompose import METHODS, for_layer, parse_rank, resolve_ranks
 from .decompose.methods import METHOD_NAMES
 from .factor_layers import SEPARABLE, build_chain, explicit_padding
 
@@ -93,8 +95,8 @@ class Factorize(Pass, name="factorize"):
             w = layer.weight.detach()
             if not torch.isfinite(w).all():
                 raise FactorizationError(f"layer '{n.target}' has NaN or inf weights; cannot factorize it")
-            key = (self.method, "linear" if isinstance(layer, nn.Linear) else "conv")
-            m = METHODS[key]
+            kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+            m = for_layer(self.method, kind, getattr(layer, "groups", 1))
             try:
                 ranks = resolve_ranks(spec, m, w)
             except ValueError as e:
@@ -150,10 +152,8 @@ class Factorize(Pass, name="factorize"):
             valid = [name for name, k in METHODS if k == kind]
             return None, f"method '{self.method}' has no {type(layer).__name__} form; for {type(layer).__name__} use {valid}"
         if kind == "conv":
-            if layer.groups > 1:
-                if layer.groups == layer.in_channels:
-                    return None, "skipped: depthwise conv (nothing to factorize across channels)"
-                return None, f"grouped conv (groups={layer.groups}) is not factorized"
+            if layer.groups > 1 and layer.groups == layer.in_channels:
+                return None, "skipped: depthwise conv (nothing to factorize across channels)"
             if self.method != "svd" and layer.kernel_size == (1, 1):
                 return None, f"1x1 conv: {self.method} needs a spatial kernel; use method 'svd' for 1x1 convs"
             if self.method in SEPARABLE:

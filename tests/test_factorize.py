@@ -42,11 +42,11 @@ def reasons(row):
 @pytest.mark.parametrize(
     "method, layers, chain_types",
     [
-        ("svd", ["body.0", "body.2", "body.6", "fc1"], [nn.Conv2d, nn.Conv2d]),
-        ("spatial_svd", ["body.0", "body.2"], [nn.Conv2d, nn.Conv2d]),
-        ("tucker2", ["body.0", "body.2"], [nn.Conv2d, nn.Conv2d, nn.Conv2d]),
-        ("cp", ["body.0", "body.2"], [nn.Conv2d] * 4),
-        ("tt", ["body.0", "body.2", "fc1"], [nn.Conv2d] * 4),
+        ("svd", ["body.0", "body.2", "body.5", "body.6", "fc1"], [nn.Conv2d, nn.Conv2d]),
+        ("spatial_svd", ["body.0", "body.2", "body.5"], [nn.Conv2d, nn.Conv2d]),
+        ("tucker2", ["body.0", "body.2", "body.5"], [nn.Conv2d, nn.Conv2d, nn.Conv2d]),
+        ("cp", ["body.0", "body.2", "body.5"], [nn.Conv2d] * 4),
+        ("tt", ["body.0", "body.2", "body.5", "fc1"], [nn.Conv2d] * 4),
     ],
 )
 def test_methods_rewrite_the_eligible_layers(method, layers, chain_types):
@@ -64,7 +64,9 @@ def test_methods_rewrite_the_eligible_layers(method, layers, chain_types):
     assert chain[-1].bias is not None
     why = reasons(row)
     assert why["stem"].startswith("skipped: first layer") and why["head"].startswith("skipped: last layer")
-    assert "depthwise" in why["body_4"] and "grouped conv (groups=4)" in why["body_5"]
+    assert "depthwise" in why["body_4"] and "body_5" not in why  # the grouped conv is factorized per group
+    grouped = gm.get_submodule("body.5")
+    assert all(c.groups % 4 == 0 for c in grouped) and sum(c.groups == 4 for c in grouped) >= 2
     if method != "svd":
         assert "1x1 conv" in why["body_6"]
     for d in row.details:
@@ -128,7 +130,7 @@ def test_toml_pipeline_and_onnx(tmp_path):
     model = Net().eval()
     x = torch.randn(1, 3, 16, 16)
     cm = compiler.compile(model, x, pipeline=p)
-    assert cm.report.row("factorize").matches == 2
+    assert cm.report.row("factorize").matches == 3  # body.0, body.2 and the grouped body.5
     assert "factorize: per layer" in str(cm.report)
     res = cm.export_onnx(tmp_path / "m.onnx")
     assert res.max_rel_err < 1e-4
@@ -176,3 +178,58 @@ def test_lossy_tolerance_is_enforced():
     x = torch.randn(1, 3, 16, 16)
     with pytest.raises(compiler.VerificationError, match="pass 'factorize'"):
         factorize(model, x, method="svd", rank=1, tolerance=0.01)
+
+
+@pytest.mark.parametrize("method", ["svd", "tucker2", "spatial_svd", "cp", "tt"])
+def test_grouped_conv_factorizes_per_group(method, tmp_path):
+    """Each group's kernel is factorized alone: at full rank SVD / Tucker-2 / spatial SVD and their
+    grouped chains are exact; the pass keeps the groups in every factor (CP's depthwise factors one
+    group per rank), saves parameters, and the result exports."""
+    from passes.decompose import METHODS, grouped, parse_rank, resolve_ranks
+    from passes.factor_layers import build_chain
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 64, 3, padding=1, stride=2, groups=4)
+    x = torch.randn(2, 32, 12, 12)
+    m = grouped(METHODS[(method, "conv")], 4)
+    w = conv.weight.detach()
+    if method in ("svd", "tucker2", "spatial_svd"):
+        full = resolve_ranks(parse_rank(1.0), m, w)
+        factors = m.decompose(w, full)
+        assert rel_err(w, m.reconstruct(factors)) <= 1e-4
+        with torch.no_grad():
+            y = x
+            for layer in build_chain(method, conv, factors):
+                y = layer(y)
+            assert rel_err(conv(x), y) <= 1e-4
+
+    model = nn.Sequential(nn.Conv2d(3, 32, 1), conv, nn.ReLU(), nn.Conv2d(64, 8, 1)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    gm, report = factorize(model, x, method=method, rank=0.5)
+    row = report.row("factorize")
+    assert [d["layer"] for d in row.details] == ["1"]
+    chain = list(gm.get_submodule("1"))
+    assert chain[0].in_channels == 32 and chain[-1].out_channels == 64 and chain[-1].bias is not None
+    if method == "cp":
+        r = chain[0].out_channels
+        assert [c.groups for c in chain] == [4, r, r, 4] and r % 4 == 0
+    else:
+        assert all(c.groups == 4 for c in chain)
+    d = row.details[0]
+    assert d["params_after"] == sum(p.numel() for c in chain for p in c.parameters()) < d["params_before"]
+    with torch.no_grad():
+        assert rel_err(model(x), gm(x)) == pytest.approx(row.max_rel_err, rel=1e-3)
+    cm = compiler.compile(model, x, pipeline=[{"name": "factorize", "method": method, "rank": 0.5}], verify=False)
+    assert cm.export_onnx(tmp_path / "g.onnx").max_rel_err <= 1e-4
+
+
+def test_grouped_energy_rank_reads_the_layer_spectrum():
+    from passes.decompose import METHODS, grouped, parse_rank, resolve_ranks
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 8, 3, 3)
+    w[:16] *= 1e-3  # one quiet group: its energy is negligible in the layer's
+    m = grouped(METHODS[("svd", "conv")], 4)
+    (r,) = resolve_ranks(parse_rank("energy:0.9"), m, w)
+    (r_loud,) = resolve_ranks(parse_rank("energy:0.9"), METHODS[("svd", "conv")], w[16:32])
+    assert 1 <= r < r_loud  # three loud groups share the count: fewer per group than a loud group alone

@@ -153,3 +153,53 @@ METHODS: dict[tuple[str, str], Method] = {
 }
 
 METHOD_NAMES = tuple(sorted({name for name, _ in METHODS}))
+
+
+def grouped(method: Method, groups: int) -> Method:
+    """``method`` on a grouped conv (RegNet, ResNeXt): each group's ``(O/G, C/G, kh, kw)`` kernel is
+    factorized on its own at the same ranks, and the factors are stacked along their output axis,
+    so the chain is grouped layers again (grouped 1x1, grouped core, grouped 1x1 for Tucker-2).
+
+    Ranks are per group. Spectrum-based specs (energy, vbmf) read each unfolding as the block
+    diagonal of the groups' unfoldings - the layer's spectrum - and share the count among groups.
+    """
+    if groups == 1:
+        return method
+    if method.kind != "conv":
+        raise ValueError(f"{method.name}: only convs are grouped")
+    g = groups
+
+    def per(s: Shape) -> Shape:
+        if s[0] % g:
+            raise ValueError(f"{s[0]} output channels do not split into {g} groups")
+        return (s[0] // g, *s[1:])
+
+    def split(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return w.chunk(g, dim=0)
+
+    def unfoldings(w: torch.Tensor) -> list[torch.Tensor]:
+        per_group = [method.unfoldings(wg) for wg in split(w)]
+        return [torch.block_diag(*ms) for ms in zip(*per_group)]
+
+    def decompose(w: torch.Tensor, r: Ranks) -> list[torch.Tensor]:
+        parts = [method.decompose(wg, r) for wg in split(w)]
+        return [torch.cat(fs, dim=0) for fs in zip(*parts)]
+
+    def reconstruct(factors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([method.reconstruct(list(fs)) for fs in zip(*(f.chunk(g, dim=0) for f in factors))], dim=0)
+
+    return Method(
+        method.name, "conv",
+        bounds=lambda s: method.bounds(per(s)),
+        params=lambda s, r: g * method.params(per(s), r),
+        unfoldings=unfoldings,
+        to_slots=lambda rs: method.to_slots([max(1, math.ceil(x / g)) for x in rs]),
+        decompose=decompose,
+        reconstruct=reconstruct,
+        feasible=lambda s, r: method.feasible(per(s), r),
+    )
+
+
+def for_layer(name: str, kind: str, groups: int = 1) -> Method:
+    """The method ``name`` for a layer of ``kind`` ("conv" | "linear") with ``groups`` groups."""
+    return grouped(METHODS[(name, kind)], groups)
