@@ -6,6 +6,7 @@ from collections import Counter
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -93,3 +94,40 @@ def is_metadata_read(n: fx.Node) -> bool:
 def value_users(n: fx.Node) -> list[fx.Node]:
     """The users of ``n`` that read its values: metadata reads (a batch size kept symbolic) are left out."""
     return [u for u in n.users if not is_metadata_read(u)]
+
+
+def activation_of(gm: fx.GraphModule, n: fx.Node) -> str | None:
+    """The ``compiler.ops.ACTIVATIONS`` name of an elementwise activation node (module, function or
+    method form alike), else None."""
+    from .ops import ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, leaky_relu_name
+
+    if n.op == "call_module":
+        m = gm.get_submodule(n.target)
+        if isinstance(m, nn.GELU):
+            return "gelu" if m.approximate == "none" else "gelu_tanh"
+        if type(m) is nn.LeakyReLU:
+            return leaky_relu_name(m.negative_slope)
+        if type(m) is nn.ELU:
+            return "elu" if m.alpha == 1.0 else None
+        if type(m) is nn.Hardtanh:
+            return "relu6" if (m.min_val, m.max_val) == (0.0, 6.0) else None
+        return ACT_MODULES.get(type(m))
+    if n.op == "call_function":
+        t = n.target
+        if t is F.gelu:
+            return "gelu" if n.kwargs.get("approximate", "none") == "none" else "gelu_tanh"
+        if t is F.hardtanh:
+            bounds = dict(zip(("min_val", "max_val"), n.args[1:3])) | n.kwargs
+            return "relu6" if (bounds.get("min_val", -1.0), bounds.get("max_val", 1.0)) == (0.0, 6.0) else None
+        if t is F.leaky_relu:
+            slope = (n.args[1] if len(n.args) > 1 else n.kwargs.get("negative_slope", 0.01))
+            return leaky_relu_name(slope) if isinstance(slope, (int, float)) else None
+        if t is F.elu:
+            alpha = n.args[1] if len(n.args) > 1 else n.kwargs.get("alpha", 1.0)
+            return "elu" if alpha == 1.0 else None
+        if len(n.args) != 1 or any(k != "inplace" for k in n.kwargs):
+            return None
+        return ACT_FUNCTIONS.get(t)
+    if n.op == "call_method" and len(n.args) == 1 and not n.kwargs:
+        return ACT_METHODS.get(n.target)
+    return None

@@ -16,14 +16,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The activation vocabulary of every rewrite and backend: canonical name -> eager definition.
+# ``leaky_relu`` carries its slope in the name (``leaky_relu:0.1``); ``activation_fn`` parses it.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "relu6": F.relu6,
     "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
     "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "mish": F.mish,
+    "elu": F.elu,
+    "leaky_relu": F.leaky_relu,
 }
+# the same activations as modules, functions and tensor methods, as traced graphs hold them
+ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
+               nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Mish: "mish"}
+ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
+                 F.hardsigmoid: "hardsigmoid", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+                 torch.tanh: "tanh", F.tanh: "tanh", F.mish: "mish"}
+ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh"}
+
+
+def leaky_relu_name(slope: float) -> str:
+    return f"leaky_relu:{float(slope)!r}"
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eager definition of an activation name; ValueError naming the known ones."""
+    base, _, arg = name.partition(":")
+    if base not in ACTIVATIONS or (arg and base != "leaky_relu"):
+        raise ValueError(f"unknown activation {name!r}, known: {sorted(ACTIVATIONS)} (leaky_relu as 'leaky_relu:<slope>')")
+    if base == "leaky_relu":
+        slope = float(arg) if arg else 0.01
+        return lambda x: F.leaky_relu(x, slope)
+    return ACTIVATIONS[base]
+
 
 FUSABLE_OPS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -35,8 +66,8 @@ class FusedOp(nn.Module):
         super().__init__()
         if not isinstance(op, FUSABLE_OPS):
             raise TypeError(f"FusedOp wraps {[t.__name__ for t in FUSABLE_OPS]}, got {type(op).__name__}")
-        if activation is not None and activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}, known: {sorted(ACTIVATIONS)}")
+        if activation is not None:
+            activation_fn(activation)  # raises on an unknown name
         self.op = op
         self.activation = activation
         self.residual = residual
@@ -46,7 +77,7 @@ class FusedOp(nn.Module):
         if residual is not None:
             y = y + residual
         if self.activation is not None:
-            y = ACTIVATIONS[self.activation](y)
+            y = activation_fn(self.activation)(y)
         return y
 
     def extra_repr(self) -> str:

@@ -154,7 +154,9 @@ def trace(
     gm.meta[TRACE_INFO] = info
     _check_arity(gm, inputs)
     propagate_shapes(gm, inputs)
-    info.canonical = canonicalize(gm, inputs, dynamic_batch=dynamic_batch)
+    info.canonical = canonicalize(gm, inputs, dynamic_batch=dynamic_batch, root=model)
+    if info.canonical.modularized:
+        propagate_shapes(gm, inputs)  # new pad nodes, new modules
     if concrete and len(info.canonical.bound_arguments) == len(concrete):  # fx renames them (scale -> scale_1)
         info.canonical.bound_arguments = [f"{k}={v!r}" for k, v in concrete.items()]
     return gm

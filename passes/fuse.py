@@ -14,40 +14,14 @@ op's module is called more than once (shared weights).
 """
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
-from torch import nn
 
 from compiler import meta
-from compiler.graph import (add_operands, call_counts, describe, is_metadata_read, is_module, set_submodule, user_names,
+from compiler.graph import (activation_of, add_operands, call_counts, describe, is_metadata_read, is_module, set_submodule, user_names,
                             value_users)
 from compiler.ops import FUSABLE_OPS, FusedOp
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
-
-_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.silu: "silu"}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
-
-
-def activation_name(gm: fx.GraphModule, n: fx.Node) -> str | None:
-    """The ``compiler.ops.ACTIVATIONS`` name of an activation node, else None."""
-    if n.op == "call_module":
-        m = gm.get_submodule(n.target)
-        if isinstance(m, nn.GELU):
-            return "gelu" if m.approximate == "none" else "gelu_tanh"
-        return _ACT_MODULES.get(type(m))
-    if n.op == "call_function":
-        if n.target is F.gelu:
-            return "gelu" if n.kwargs.get("approximate", "none") == "none" else "gelu_tanh"
-        if n.target is F.hardtanh:
-            bounds = dict(zip(("min_val", "max_val"), n.args[1:3])) | n.kwargs
-            return "relu6" if (bounds.get("min_val", -1.0), bounds.get("max_val", 1.0)) == (0.0, 6.0) else None
-        return _ACT_FUNCTIONS.get(n.target)
-    if n.op == "call_method" and len(n.args) == 1 and not n.kwargs:
-        return _ACT_METHODS.get(n.target)
-    return None
 
 
 class Fuse(Pass, name="fuse"):
@@ -86,10 +60,10 @@ class Fuse(Pass, name="fuse"):
                 chain.append(nxt)
         last = chain[-1]
         nxt = self._single_user(last)
-        if self.activations and nxt is not None and (name := activation_name(gm, nxt)) is not None:
+        if self.activations and nxt is not None and (name := activation_of(gm, nxt)) is not None:
             act = name
             chain.append(nxt)
-        elif len(value_users(last)) > 1 and any(activation_name(gm, u) for u in value_users(last)):
+        elif len(value_users(last)) > 1 and any(activation_of(gm, u) for u in value_users(last)):
             refusal = f"output of {describe(gm, last)} is used by {user_names(last)}; fusing would drop it"
         if residual is not None and _computed_from(residual, _early_readers(gm, chain)):
             refusal = f"the residual of {describe(gm, op)} is computed from a shape read of the fused chain"

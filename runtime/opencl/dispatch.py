@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
-from compiler.graph import is_stochastic_depth_eval
+from compiler.graph import activation_of, is_stochastic_depth_eval
 from compiler.ops import Attention, FusedOp
 
 from .attention import lower_attention
 from .lower import NHWC, Lowering, Value
 from .layers import module_op
-from .ops import (ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, BINARY, UNARY, _constant, contiguous, eltwise, matmul,
-                  pool, rows)
+from .ops import (BINARY, _constant, contiguous, eltwise, matmul,
+                  pool, rows, unary)
 
 Handler = Callable[[Lowering, fx.Node], Value | None]
 IDENTITY_MODULES = (nn.Identity, nn.Dropout)
@@ -30,6 +30,12 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _activation(lw: Lowering, n: fx.Node) -> str | None:
+    """The eltwise expression of an activation node (any form, ``compiler.graph.activation_of``)."""
+    act = activation_of(lw.gm, n)
+    return unary(act) if act is not None else None
+
+
 def _module(lw: Lowering, n: fx.Node) -> Value | None:
     m = lw.gm.get_submodule(n.target)
     x = lw.arg(n.args[0]) if n.args else None
@@ -37,11 +43,18 @@ def _module(lw: Lowering, n: fx.Node) -> Value | None:
         return None
     if isinstance(m, FusedOp):
         res = lw.arg(n.args[1]) if len(n.args) > 1 else lw.arg(n.kwargs.get("residual"))
-        return module_op(lw, n, m.op, x, res if isinstance(res, Value) else None, m.activation)
+        res = res if isinstance(res, Value) else None
+        if type(m.op) is nn.Conv1d:
+            return _conv1d(lw, n, m.op, x, res, m.activation)
+        return module_op(lw, n, m.op, x, res, m.activation)
     if type(m) in (nn.Conv2d, nn.Linear):
         return module_op(lw, n, m, x)
-    if type(m) in ACT_MODULES and not (isinstance(m, nn.GELU) and m.approximate != "none"):
-        return eltwise(lw, n, UNARY[ACT_MODULES[type(m)]], lw.new(x.shape, x.order), x)
+    if type(m) is nn.Conv1d:
+        return _conv1d(lw, n, m, x, None, None)
+    if isinstance(m, nn.Upsample) and m.mode == "nearest":
+        return _upsample_nearest(lw, n, x)
+    if (act := _activation(lw, n)) is not None:
+        return eltwise(lw, n, act, lw.new(x.shape, x.order), x)
     if isinstance(m, IDENTITY_MODULES):
         return x
     if isinstance(m, (nn.MultiheadAttention, Attention)):
@@ -64,6 +77,89 @@ def _module(lw: Lowering, n: fx.Node) -> Value | None:
     if isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats and len(x.shape) == 4:
         return _batch_norm(lw, n, m, x)
     return None
+
+
+def _conv1d(lw: Lowering, n: fx.Node, m: nn.Conv1d, x: Value, res: Value | None, act: str | None) -> Value | None:
+    """A Conv1d over (N, C, L) as the Conv2d over (N, C, 1, L) with a 1 x k kernel (ECA's channel conv)."""
+    if len(x.shape) != 3 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        return None
+    conv = nn.Conv2d(m.in_channels, m.out_channels, (1, m.kernel_size[0]), stride=(1, m.stride[0]),
+                     padding=(0, m.padding[0]), dilation=(1, m.dilation[0]), groups=m.groups, bias=m.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(m.weight.detach().unsqueeze(2))
+        if m.bias is not None:
+            conv.bias.copy_(m.bias.detach())
+    nb, c, length = x.shape
+    x4 = lw.alias(contiguous(lw, n, x, (0, 1, 2)), (nb, c, 1, length), (0, 1, 2, 3))
+    out_len = meta.shape(n)[2]
+    res4 = None
+    if res is not None:
+        res4 = lw.alias(contiguous(lw, n, res, (0, 2, 1)), (nb, m.out_channels, 1, out_len), NHWC)
+    y = module_op(lw, n, conv, x4, res4, act, out_hw=(1, out_len))
+    return lw.alias(y, (nb, m.out_channels, out_len), (0, 2, 1)) if y is not None else None  # NHWC memory: N, L, C
+
+
+def _upsample_nearest(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    """Nearest upsampling by integer factors: one strided copy, each input pixel read sh x sw times."""
+    out_shape = tuple(meta.shape(n))
+    if len(x.shape) != 4 or len(out_shape) != 4 or out_shape[2] % x.shape[2] or out_shape[3] % x.shape[3]:
+        return None
+    nb, c, h, w = x.shape
+    sh, sw = out_shape[2] // h, out_shape[3] // w
+    out = lw.new(out_shape, x.order)
+    so, sa = out.strides(), x.strides()
+    # iterate (N, C, H, sh, W, sw): the output's (h * sh + i, w * sw + j) reads input (h, w)
+    return eltwise(lw, n, "x", out, x, shape=(nb, c, h, sh, w, sw),
+                   out_strides=[so[0], so[1], so[2] * sh, so[2], so[3] * sw, so[3]],
+                   a_strides=[sa[0], sa[1], sa[2], 0, sa[3], 0])
+
+
+def _interpolate(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    a = dict(zip(("input", "size", "scale_factor", "mode", "align_corners"), n.args)) | dict(n.kwargs)
+    if a.get("mode", "nearest") != "nearest" or a.get("antialias"):
+        return None
+    return _upsample_nearest(lw, n, x)
+
+
+def _pad(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    """Constant padding: fill the output, then copy the input into its interior."""
+    a = dict(zip(("input", "pad", "mode", "value"), n.args)) | dict(n.kwargs)
+    pads, value = list(a["pad"]), a.get("value") or 0.0
+    if a.get("mode", "constant") != "constant" or any(p < 0 for p in pads) or _constant(value) is None:
+        return None
+    out = lw.new(tuple(meta.shape(n)), x.order)
+    eltwise(lw, n, _constant(value), out, x, a_strides=[0] * len(x.shape))
+    st, offset = out.strides(), 0
+    for i in range(len(pads) // 2):  # pads run from the last dim backwards: (left, right, top, bottom, ...)
+        offset += pads[2 * i] * st[len(x.shape) - 1 - i]
+    return eltwise(lw, n, "x", out, x, out_offset=offset, out_strides=list(st), shape=x.shape)
+
+
+def _stack(lw: Lowering, n: fx.Node) -> Value | None:
+    parts = lw.arg(n.args[0])
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    if not all(isinstance(p, Value) for p in parts):
+        return None
+    shape = tuple(meta.shape(n))
+    dim %= len(shape)
+    out = lw.new(shape, tuple(range(len(shape))))
+    st = list(out.strides())
+    for i, p in enumerate(parts):
+        ps = list(p.strides())
+        eltwise(lw, n, "x", out, p, out_offset=i * st[dim], shape=shape[:dim] + (1,) + shape[dim + 1:],
+                a_strides=ps[:dim] + [0] + ps[dim:])
+    return out
+
+
+def _reduce_sum(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    """A sum is the mean times the count."""
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    if dims is None:
+        return None
+    nd = len(x.shape)
+    count = math.prod(x.shape[d % nd] for d in ((dims,) if isinstance(dims, int) else dims))
+    mean = _reduce_mean(lw, n, x)
+    return eltwise(lw, n, f"x*{float(count)!r}f", mean, mean) if mean is not None else None
 
 
 def _batch_norm(lw: Lowering, n: fx.Node, m: nn.BatchNorm2d, x: Value) -> Value:
@@ -198,12 +294,14 @@ def _function(lw: Lowering, n: fx.Node) -> Value | None:
         return _binary(lw, n, BINARY[t])
     if t is torch.cat:
         return _cat(lw, n)
+    if t is torch.stack:
+        return _stack(lw, n)
     if not isinstance(x, (Value, tuple)):
         return None
     if t is operator.getitem:
         return x[n.args[1]] if isinstance(x, tuple) else _slice(lw, n, x)
-    if t in ACT_FUNCTIONS and not n.kwargs.get("approximate", "none") != "none":
-        return eltwise(lw, n, UNARY[ACT_FUNCTIONS[t]], lw.new(x.shape, x.order), x)
+    if (act := _activation(lw, n)) is not None:
+        return eltwise(lw, n, act, lw.new(x.shape, x.order), x)
     if is_stochastic_depth_eval(n) or t is F.dropout:
         return x
     if t in (torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze):
@@ -223,6 +321,12 @@ def _function(lw: Lowering, n: fx.Node) -> Value | None:
         return pool(lw, n, x, "avg" if t is F.adaptive_avg_pool2d else "max", adaptive=True)
     if t is torch.mean:
         return _reduce_mean(lw, n, x)
+    if t is torch.sum:
+        return _reduce_sum(lw, n, x)
+    if t is F.pad:
+        return _pad(lw, n, x)
+    if t is F.interpolate:
+        return _interpolate(lw, n, x)
     if t in (F.softmax, torch.softmax):
         return _softmax(lw, n, x)
     if t is F.layer_norm:
@@ -239,10 +343,18 @@ def _function(lw: Lowering, n: fx.Node) -> Value | None:
 
 
 def _softmax(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
+    """Softmax over the last dim (``rows.cl``); over another dim, that dim is permuted last first
+    (a relabel, then the copy ``rows`` makes) and back (a relabel)."""
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-    if dim is None or dim % len(x.shape) != len(x.shape) - 1 or n.kwargs.get("dtype") is not None:
+    if dim is None or n.kwargs.get("dtype") is not None:
         return None
-    return rows(lw, n, x, "softmax")
+    nd = len(x.shape)
+    dim %= nd
+    if dim == nd - 1:
+        return rows(lw, n, x, "softmax")
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    y = rows(lw, n, _permute(lw, n, x, perm), "softmax")
+    return _permute(lw, n, y, [perm.index(d) for d in range(nd)])
 
 
 def _method(lw: Lowering, n: fx.Node) -> Value | None:
@@ -251,10 +363,12 @@ def _method(lw: Lowering, n: fx.Node) -> Value | None:
         return _binary(lw, n, BINARY[t])
     if not isinstance(x, Value):
         return None
-    if t in ACT_METHODS:
-        return eltwise(lw, n, UNARY[ACT_METHODS[t]], lw.new(x.shape, x.order), x)
+    if (act := _activation(lw, n)) is not None:
+        return eltwise(lw, n, act, lw.new(x.shape, x.order), x)
     if t in ("view", "reshape", "flatten", "unsqueeze", "squeeze"):
         return _view(lw, n, x, meta.shape(n))
+    if t == "expand_as":
+        return eltwise(lw, n, "x", lw.new(meta.shape(n), tuple(range(len(meta.shape(n))))), x)
     if t == "expand":
         return eltwise(lw, n, "x", lw.new(meta.shape(n), tuple(range(len(meta.shape(n))))), x)
     if t == "contiguous":
@@ -270,6 +384,8 @@ def _method(lw: Lowering, n: fx.Node) -> Value | None:
         return _split(lw, n, x)
     if t == "mean":
         return _reduce_mean(lw, n, x)
+    if t == "sum":
+        return _reduce_sum(lw, n, x)
     if t == "softmax":
         return _softmax(lw, n, x)
     if t in ("matmul", "bmm"):

@@ -18,7 +18,7 @@ from compiler.cost.families import (CONV, CONV_1X1, DWCONV, GEMM, WINOGRAD, chan
 from .gemm import ACTIVATIONS as GEMM_ACTIVATIONS
 from .gemm import Gemm, GemmConfig
 from .lower import NHWC, Lowering, Value
-from .ops import UNARY, Launch, _kernel, contiguous, eltwise
+from .ops import Launch, _kernel, contiguous, eltwise, unary
 
 # Convolutions lower to one of three kernels (measurements in the .cl headers):
 #   depthwise (groups == Cin == Cout)   -> dwconv.cl: channel vectors x PX output pixels per work-item;
@@ -44,8 +44,9 @@ def _pack_conv_weight(wt: torch.Tensor, bias: torch.Tensor, groups: int, nr: int
     return b.contiguous().numpy(), bias.contiguous().numpy(), ppg
 
 
-def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, res: Value | None) -> Value | None:
-    if conv.padding_mode != "zeros" or len(x.shape) != 4 or (act is not None and act not in UNARY):
+def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, res: Value | None,
+          out_hw: tuple[int, int] | None = None) -> Value | None:
+    if conv.padding_mode != "zeros" or len(x.shape) != 4 or (act is not None and unary(act) is None):
         return None
     family = conv_family(conv)
     x_nchw = reads_nchw(family, x.order, x.offset)  # a stem conv: no layout copy before it
@@ -53,14 +54,14 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
         x = contiguous(lw, n, x, NHWC)
     res = contiguous(lw, n, res, NHWC) if res is not None else None
     nb, cin, h, w = x.shape
-    oh, ow = meta.shape(n)[2:]
+    oh, ow = out_hw or meta.shape(n)[2:]
     cout, g = conv.out_channels, conv.groups
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(conv)
     out = lw.new((nb, cout, oh, ow), NHWC)
     wt = conv.weight.detach().float()
     bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(cout)
     reads = [x] + ([res] if res is not None else [])
-    epilogue = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({UNARY[act]})"] if act else [])
+    epilogue = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({unary(act)})"] if act else [])
 
     def alloc(a: np.ndarray, what: str) -> cl.Buffer:
         return lw.device.alloc(hostbuf=a, what=f"uploading {what} of '{n.name}'", flags=cl.mem_flags.READ_ONLY)
@@ -84,7 +85,7 @@ def _conv(lw: Lowering, n: fx.Node, conv: nn.Conv2d, x: Value, act: str | None, 
                     config=GemmConfig.for_rows(m))
         lw.add(n, CONV_1X1, reads, [out], Launch(lw, gemm.kernel, gemm.global_size(m), gemm.local_size,
                                                           gemm.args(x, out, m, residual=(res, 0))))
-        return eltwise(lw, n, UNARY[act], out, out) if act is not None and fused is None else out
+        return eltwise(lw, n, unary(act), out, out) if act is not None and fused is None else out
 
     if family == WINOGRAD:
         return _winograd(lw, n, x, out, wt, bias, res, act, (ph, pw), alloc)
@@ -124,7 +125,7 @@ def _winograd(lw: Lowering, n: fx.Node, x: Value, out: Value, wt: torch.Tensor, 
                                                 [v_in, x, h, w, cin, th, tw, *padding, nb * th]))
     lw.add(n, WINOGRAD, [v_in], [m_out], Launch(lw, gemm.kernel, gemm.global_size(tiles), gemm.local_dims,
                                                gemm.args(v_in, m_out, tiles, batch_strides=(tiles * cin, tiles * cout))))
-    epilogue = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({UNARY[act]})"] if act else [])
+    epilogue = (["-DHAS_RESIDUAL"] if res is not None else []) + ([f"-DACT(x)=({unary(act)})"] if act else [])
     k_out = _kernel(lw, "wino.cl", "wino_out", [f"-DVC={vc_out}"] + epilogue)
     bbuf = alloc(F.pad(bias, (0, -(-cout // vc_out) * vc_out - cout)).numpy(), "the bias")
     lw.add(n, "winograd out", [m_out] + ([res] if res is not None else []), [out],
@@ -146,13 +147,15 @@ def linear(lw: Lowering, n: fx.Node, lin: nn.Linear, x: Value, act: str | None, 
     lw.add(n, GEMM, [x] + ([res] if res is not None else []), [out],
            Launch(lw, gemm.kernel, gemm.global_size(rows), gemm.local_size, gemm.args(x, out, rows, residual=(res, 0))))
     if act is not None and fused is None:
-        return eltwise(lw, n, UNARY[act], out, out)
+        return eltwise(lw, n, unary(act), out, out)
     return out
 
 
-def module_op(lw: Lowering, n: fx.Node, m: nn.Module, x: Value, res: Value | None = None, act: str | None = None):
+def module_op(lw: Lowering, n: fx.Node, m: nn.Module, x: Value, res: Value | None = None, act: str | None = None,
+              out_hw: tuple[int, int] | None = None):
+    """``out_hw``: the conv's output size when node ``n`` is not the 4-D conv itself (a Conv1d run as one)."""
     if type(m) is nn.Conv2d:
-        return _conv(lw, n, m, x, act, res)
+        return _conv(lw, n, m, x, act, res, out_hw)
     if type(m) is nn.Linear:
         return linear(lw, n, m, x, act, res)
     return None

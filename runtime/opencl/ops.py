@@ -23,17 +23,18 @@ UNARY = {
     "relu": "fmax(x,0.0f)", "relu6": "fmin(fmax(x,0.0f),6.0f)", "hardswish": "x*fmin(fmax(x+3.0f,0.0f),6.0f)/6.0f",
     "hardsigmoid": "fmin(fmax(x+3.0f,0.0f),6.0f)/6.0f", "silu": "x/(1.0f+exp(-x))", "sigmoid": "1.0f/(1.0f+exp(-x))",
     "tanh": "tanh(x)", "gelu": "0.5f*x*(1.0f+erf(x*0.7071067811865476f))",
-    "gelu_tanh": "0.5f*x*(1.0f+tanh(0.7978845608028654f*(x+0.044715f*x*x*x)))", "copy": "x",
+    "gelu_tanh": "0.5f*x*(1.0f+tanh(0.7978845608028654f*(x+0.044715f*x*x*x)))", "mish": "x*tanh(log1p(exp(x)))",
+    "elu": "(x>0.0f?x:(exp(x)-1.0f))", "copy": "x",
 }
 BINARY = {operator.add: "x+y", torch.add: "x+y", "add": "x+y", operator.iadd: "x+y", operator.mul: "x*y",
           torch.mul: "x*y", "mul": "x*y", operator.imul: "x*y", operator.sub: "x-y", torch.sub: "x-y", "sub": "x-y",
           operator.truediv: "x/y", torch.div: "x/y", "div": "x/y"}
-ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
-               nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu"}
-ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
-                 F.hardsigmoid: "hardsigmoid", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-                 torch.tanh: "tanh", F.gelu: "gelu"}
-ACT_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+def unary(act: str) -> str | None:
+    """The OpenCL expression of an activation name (``compiler.ops.ACTIVATIONS``), else None."""
+    base, _, arg = act.partition(":")
+    if base == "leaky_relu":
+        return f"(x>0.0f?x:x*{float(arg or 0.01)!r}f)"
+    return UNARY.get(act) if not arg else None
 
 
 def _round(n: int) -> int:

@@ -32,16 +32,16 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from compiler import meta
-from compiler.ops import FusedOp
+from compiler.ops import ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, FusedOp
 
 from .lower import NHWC, Lowered, Lowering, Value, fold_constants
-from .ops import ACT_FUNCTIONS, ACT_METHODS, ACT_MODULES, Launch
+from .ops import Launch
 
 # Ops that compute each batch element from that element alone.
 _LOCAL_MODULES = (nn.Conv2d, nn.BatchNorm2d, FusedOp, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                  nn.AdaptiveMaxPool2d, nn.Identity, nn.Dropout, *ACT_MODULES)
+                  nn.AdaptiveMaxPool2d, nn.Identity, nn.Dropout, nn.GELU, nn.LeakyReLU, nn.ELU, *ACT_MODULES)
 _LOCAL_FUNCTIONS = {operator.add, operator.mul, operator.sub, operator.truediv, torch.add, torch.mul, torch.sub,
-                    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, *ACT_FUNCTIONS}
+                    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.gelu, F.leaky_relu, F.elu, *ACT_FUNCTIONS}
 _LOCAL_METHODS = {"add", "mul", "sub", "div", *ACT_METHODS}
 
 # Tile the prefix while some tensor at the full batch is larger than this: above it a layer's input
