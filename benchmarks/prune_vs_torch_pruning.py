@@ -1,12 +1,13 @@
 """Structured channel pruning, side by side: fxcompress ``prune_channels`` against Torch-Pruning 1.6.1.
 
     .venv/bin/pip install -c constraints.txt torch-pruning==1.6.1     # bench-only; see requirements.txt
-    .venv/bin/python benchmarks/prune_vs_torch_pruning.py [--quick] [--models a,b] [--ratios 0.3,0.5]
-                                                          [--repeats N] [--json out.json]
+    .venv/bin/python benchmarks/prune_vs_torch_pruning.py [--zoo all|timm|torchvision] [--quick]
+                     [--models timm:a,torchvision:b] [--ratios 0.3,0.5] [--repeats N] [--json out.json]
 
-Both tools get the same zoo model (``compiler.zoo.build``: random weights, randomised BatchNorm, eval
-mode, batch-1 input at the zoo's test size, 64x64 for most models, 224 for vgg16, alexnet, vit_b_16 and
-maxvit_t) and the same recipe: L1-magnitude importance, ranked per coupled group (not globally), the
+Both tools get the same zoo model - the torchvision zoo (``compiler.zoo.build``) and the timm zoo
+(``compiler.zoo.build_timm``: ``TIMM_ZOO``, the tuning set, and ``TIMM_HOLDOUT``, held out) - with
+random weights, randomised BatchNorm, eval mode, a batch-1 input at the zoo's test size (64x64 for most
+models, the fixed size of those that have one), and the same recipe: L1-magnitude importance, ranked per coupled group (not globally), the
 same ratio for every group, the output head's classes kept.
 
   fxcompress     ``compiler.compile(model, x, pipeline=[{"name": "prune_channels", "ratio": r}])``;
@@ -32,7 +33,8 @@ Every (model, ratio, tool) runs in a fresh subprocess (2 torch threads, address 
   eager ms     median latency of the original and the pruned model, batch 1, torch eager, 2 threads,
                timed interleaved in the same process (benchmarks/_timing.py).
 A run fails when pruning raises, the pruned model does not run, or its output is wrong in shape or
-not finite; the first line of the error is recorded.
+not finite; the first line of the error is recorded. A run *covers* its model when it succeeds and
+removes at least 10% of the parameters; the coverage table counts covered models per family.
 """
 from __future__ import annotations
 
@@ -66,7 +68,34 @@ from compiler.fileio import write_text_atomic  # noqa: E402
 
 INSTALL = ".venv/bin/pip install -c constraints.txt torch-pruning==1.6.1"
 TOOLS = ("fxcompress", "torch_pruning")
-QUICK = ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "squeezenet1_1"]
+QUICK = ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:mobilenetv3_large_100", "timm:cspresnet50"]
+COVERED = 0.9  # a run covers its model when it keeps at most this share of the parameters
+ZOOS = ("all", "timm", "torchvision")
+
+
+def zoo_specs(which: str) -> list[str]:
+    tv = [f"torchvision:{n}" for n in zoo.ZOO]
+    timm = [f"timm:{n}" for n in (*zoo.TIMM_ZOO, *zoo.TIMM_HOLDOUT)]
+    return {"all": tv + timm, "timm": timm, "torchvision": tv}[which]
+
+
+def build(spec: str) -> tuple[nn.Module, torch.Tensor]:
+    source, _, name = spec.partition(":")
+    return zoo.build_timm(name) if source == "timm" else zoo.build(name)
+
+
+def family(spec: str) -> str:
+    """``timm: ResNet`` from the timm zoo's table; torchvision names by their stem (``resnet``, ``vit``)."""
+    source, _, name = spec.partition(":")
+    if source == "timm":
+        fam, _ = zoo.TIMM_ZOO.get(name) or zoo.TIMM_HOLDOUT[name]
+        return f"timm: {fam}"
+    return "torchvision: " + re.match(r"[a-z]+(?:_v\d)?", name).group(0).rstrip("_")
+
+
+def split(spec: str) -> str:
+    source, _, name = spec.partition(":")
+    return "holdout" if source == "timm" and name in zoo.TIMM_HOLDOUT else "tuning"
 WORKER_TIMEOUT_S = 1800
 Result = dict[str, Any]
 
@@ -139,7 +168,7 @@ def run_one(name: str, tool: str, ratio: float, repeats: int) -> Result:
     """One (model, tool, ratio) run; meant for a fresh process (see ``main``)."""
     torch.set_num_threads(2)
     res: Result = {"model": name, "tool": tool, "ratio": ratio, "ok": False, "error": None}
-    model, x = zoo.build(name)
+    model, x = build(name)
     with torch.no_grad():
         y0 = model(x)
     res["params_before"], res["macs_before"] = cost(model, x)
@@ -238,9 +267,37 @@ def summary(results: list[Result], ratios: list[float]) -> str:
     return markdown_table(["tool", *(f"ok at {r}" for r in ratios), "failed on"], rows)
 
 
+def covered(r: Result) -> bool:
+    return bool(r["ok"]) and r.get("params_after") is not None and r["params_after"] <= COVERED * r["params_before"]
+
+
+def coverage(results: list[Result], ratios: list[float]) -> str:
+    """Covered models per family, per ratio, per tool; then per split (tuning / holdout) and overall."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        groups.setdefault(family(r["model"]), [])
+        if r["model"] not in groups[family(r["model"])]:
+            groups[family(r["model"])].append(r["model"])
+    groups = dict(sorted(groups.items()))
+    for name in ("tuning", "holdout"):
+        members = sorted({r["model"] for r in results if split(r["model"]) == name})
+        if members and name == "holdout":
+            groups["timm held-out models"] = members
+    groups["overall"] = sorted({r["model"] for r in results})
+
+    def cell(models: list[str], tool: str, ratio: float) -> str:
+        runs = [r for r in results if r["model"] in models and r["tool"] == tool and r["ratio"] == ratio]
+        return f"{sum(map(covered, runs))}/{len(runs)}"
+
+    head = ["family", "models"] + [f"{t} @{r}" for r in ratios for t in ("ours", "Torch-Pruning")]
+    rows = [[g, str(len(ms))] + [cell(ms, t, r) for r in ratios for t in TOOLS] for g, ms in groups.items()]
+    return markdown_table(head, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help=f"comma-separated zoo names (default: all {len(zoo.ZOO)})")
+    ap.add_argument("--zoo", choices=ZOOS, default="all", help="which zoo (default all: torchvision and timm)")
+    ap.add_argument("--models", help="comma-separated models as timm:NAME or torchvision:NAME (default: the --zoo)")
     ap.add_argument("--ratios", default="0.3,0.5", help="comma-separated pruning ratios (default 0.3,0.5)")
     ap.add_argument("--repeats", type=int, default=None, help="latency repeats (default 20, 5 with --quick)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -250,7 +307,7 @@ def main() -> None:
     args = ap.parse_args()
     repeats = args.repeats or (5 if args.quick else 20)
     if args.worker:
-        name, tool, ratio = args.worker.split(":")
+        name, tool, ratio = args.worker.rsplit(":", 2)
         print(json.dumps(run_one(name, tool, float(ratio), repeats)))
         return
 
@@ -262,10 +319,11 @@ def main() -> None:
     tp_version = version("torch-pruning")  # the 1.6.1 wheel's torch_pruning.__version__ says 1.6.0
     if tp_version != "1.6.1":
         print(f"warning: Torch-Pruning {tp_version}, the figures are for 1.6.1", file=sys.stderr)
-    models = args.models.split(",") if args.models else QUICK if args.quick else list(zoo.ZOO)
-    unknown = [m for m in models if m not in zoo.ZOO]
+    models = args.models.split(",") if args.models else QUICK if args.quick else zoo_specs(args.zoo)
+    unknown = [m for m in models if m not in zoo_specs("all")]
     if unknown:
-        sys.exit(f"unknown zoo models {unknown}, known: {sorted(zoo.ZOO)}")
+        sys.exit(f"unknown zoo models {unknown}; give them as timm:NAME (TIMM_ZOO, TIMM_HOLDOUT) or "
+                 f"torchvision:NAME ({sorted(zoo.ZOO)})")
     ratios = [float(r) for r in args.ratios.split(",")]
 
     results: list[Result] = []
@@ -282,6 +340,9 @@ def main() -> None:
     print(markdown_table(HEAD, [row(r) for r in results]))
     print()
     print(summary(results, ratios))
+    print()
+    print(f"Coverage: models whose run succeeded and removed at least {100 * (1 - COVERED):.0f}% of the parameters")
+    print(coverage(results, ratios))
     print(f"\n{len(results)} runs, {time.perf_counter() - t0:.0f} s wall, {repeats} latency repeats, "
           f"Torch-Pruning {tp_version}, torch {torch.__version__}", file=sys.stderr)
 

@@ -5,7 +5,8 @@ Runners, all on the same 2-core CPU:
   eager        the original model, torch eager, 2 threads
   onnxruntime  our ONNX export, onnxruntime CPU, graph optimizations all, 2 intra-op threads
 
-Models: ResNet-18, MobileNetV2, and ResNet-18 pruned (0.3) and Tucker-2 factorized (rank 0.5); at
+Models: ResNet-18, MobileNetV2, timm's MobileNetV2 (mobilenetv2_100), and ResNet-18 pruned (0.3) and
+Tucker-2 factorized (rank 0.5); at
 batch 1 and 8, 224x224 and 32x32. Times are medians over repeats timed in blocks, runner by runner
 (PoCL's, OpenMP's and onnxruntime's thread pools keep spinning after a call and would slow whichever
 runner comes next call by call), over several rounds. For each model at batch 8 it also prints where
@@ -42,6 +43,7 @@ from runtime.opencl.probe import fma_peak_gflops, measure_target  # noqa: E402
 COMPRESSED = ["cleanup", "fold_bn", {"name": "prune_channels", "ratio": 0.3},
               {"name": "factorize", "method": "tucker2", "rank": 0.5}, "fuse"]
 MODELS = {"resnet18": ("resnet18", "default"), "mobilenet_v2": ("mobilenet_v2", "default"),
+          "timm mobilenetv2_100": ("timm:mobilenetv2_100", "default"),
           "resnet18 pruned+tucker2": ("resnet18", COMPRESSED)}
 
 
@@ -112,7 +114,10 @@ def main() -> None:
     results, rows, breakdowns = [], [], []
     with tempfile.TemporaryDirectory() as d:
         for label, (arch, pipeline) in MODELS.items():
-            model = zoo.randomize(getattr(tv.models, arch)(weights=None)).eval()
+            if arch.startswith("timm:"):
+                model = zoo.randomize(zoo.import_timm().create_model(arch[5:], pretrained=False)).eval()
+            else:
+                model = zoo.randomize(getattr(tv.models, arch)(weights=None)).eval()
             for size, batch in points:
                 x = torch.randn(batch, 3, size, size)
                 cm = compiler.compile(model, x, pipeline=pipeline, target="opencl")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler import meta
-from compiler.graph import is_metadata_read, is_stochastic_depth_eval, value_users
+from compiler.graph import activation_of, is_metadata_read, is_stochastic_depth_eval, value_users
 
 from . import rules
 from .attention import ATTENTION, attention
@@ -33,12 +33,10 @@ from .channels import ChannelGraph, Entry, Space, channel_dim
 
 __all__ = ["ChannelGraph", "Entry", "Space", "analyse", "channel_dim"]
 
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Identity,
-                nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, torch.sigmoid, F.sigmoid,
-                  torch.tanh, F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-                  F.hardtanh}
-PASS_METHODS = {"relu", "relu_", "sigmoid", "contiguous", "clone"}
+# channel-preserving ops besides the activations (compiler.graph.activation_of, matched first)
+PASS_MODULES = (nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PASS_FUNCTIONS = {F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.hardtanh}
+PASS_METHODS = {"contiguous", "clone"}
 ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub"}
 REDUCTIONS = {"mean", "sum", "amax"}
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -95,6 +93,8 @@ def _transfer(gm: fx.GraphModule, n: fx.Node, cg: ChannelGraph) -> list[Entry]:
         return []
     src = n.args[0] if n.args else None
     inp = cg.maps.get(src.name) if isinstance(src, fx.Node) else None
+    if inp is not None and activation_of(gm, n) is not None:
+        return list(inp)
     if n.op == "call_module":
         out = _module(gm, n, gm.get_submodule(n.target), src, inp, cg)
     elif n.op == "call_function":
@@ -138,7 +138,7 @@ def _module(gm, n: fx.Node, m: nn.Module, src, inp, cg: ChannelGraph) -> list[En
     if isinstance(m, PASS_MODULES):
         return list(inp)
     if isinstance(m, nn.Flatten):
-        return rules.flatten(cg, n, src, inp, m.start_dim)
+        return rules.flatten(cg, n, src, inp, m.start_dim, m.end_dim)
     if isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)) and cg.cdim(src) == 1:
         shuffle = isinstance(m, nn.PixelShuffle)
         return rules.pixel_shuffle(cg, n, inp, m.upscale_factor if shuffle else m.downscale_factor, not shuffle)
@@ -154,7 +154,7 @@ def _function(n: fx.Node, src, inp, cg: ChannelGraph) -> list[Entry] | None:
     if t is torch.cat:
         return rules.cat(cg, n)
     if t is torch.flatten:
-        return rules.flatten(cg, n, src, inp, n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0))
+        return rules.flatten(cg, n, src, inp, *_flatten_dims(n))
     if t is F.batch_norm:
         cg.followers.append(n.name)
         return list(inp)
@@ -183,6 +183,11 @@ def _function(n: fx.Node, src, inp, cg: ChannelGraph) -> list[Entry] | None:
     return None
 
 
+def _flatten_dims(n: fx.Node) -> tuple[int, int]:
+    a = dict(zip(("input", "start_dim", "end_dim"), n.args)) | dict(n.kwargs)
+    return a.get("start_dim", 0), a.get("end_dim", -1)
+
+
 def _method(n: fx.Node, src, inp, cg: ChannelGraph) -> list[Entry] | None:
     t = n.target
     if t in PASS_METHODS:
@@ -192,11 +197,20 @@ def _method(n: fx.Node, src, inp, cg: ChannelGraph) -> list[Entry] | None:
     if t in REDUCTIONS:
         return rules.reduce(cg, n, src, inp)
     if t == "flatten":
-        return rules.flatten(cg, n, src, inp, n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0))
+        return rules.flatten(cg, n, src, inp, *_flatten_dims(n))
     if t == "size":
         return []
     if t in ("view", "reshape"):
         return rules.view(cg, n, inp)
+    if t == "reshape_as" and isinstance(n.args[1], fx.Node):
+        # x.flatten(0, 1) -> BatchNorm1d -> .reshape_as(x) (LeViT): back to the shape of a tensor that
+        # carries these very channels, so its size follows the pruning with nothing to recount
+        out = rules.view(cg, n, inp)
+        cg.rewrites.pop(n.name, None)
+        if out != cg.maps.get(n.args[1].name):
+            cg.block(inp, f"reshape_as '{n.name}' takes the shape of a tensor with other channels")
+            return cg.fixed(n)
+        return out
     if t in ("transpose", "permute"):
         return rules.permute(cg, n, inp)
     if t in ("chunk", "split"):

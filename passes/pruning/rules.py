@@ -73,12 +73,20 @@ def cat(cg: ChannelGraph, n: fx.Node) -> list[Entry]:
     return out
 
 
-def flatten(cg: ChannelGraph, n: fx.Node, src: fx.Node, inp: list[Entry], start_dim: int) -> list[Entry]:
+def flatten(cg: ChannelGraph, n: fx.Node, src: fx.Node, inp: list[Entry], start_dim: int, end_dim: int = -1) -> list[Entry]:
+    """Flattening dims [start, end]: dims all before or all after the channel dim leave the map as it
+    is (the channel dim moves left by what merged before it); starting at the channel dim repeats
+    each channel's entry over the block of dims merged after it."""
     s = meta.shape(src)
-    if start_dim % len(s) != 1 or cg.cdim(src) != 1:
-        cg.block(inp, f"flatten '{n.name}' from dim {start_dim}")
+    start, end, c = start_dim % len(s), end_dim % len(s), cg.cdim(src)
+    if c is not None and (end < c or start > c):
+        cg.cdims[n.name] = (c - (end - start) if end < c else c,)
+        return list(inp)
+    if c is None or start != c:
+        cg.block(inp, f"flatten '{n.name}' of dims {start}..{end} merges the channel dim {c} into earlier dims")
         return cg.fixed(n)
-    return [e for e in inp for _ in range(math.prod(s[2:]))]
+    cg.cdims[n.name] = (c,)
+    return [e for e in inp for _ in range(math.prod(s[c + 1:end + 1]))]
 
 
 def dims_arg(n: fx.Node, start: int = 1) -> tuple:
