@@ -8,8 +8,10 @@
             parity of the export (max rel err)
   prune     prune_channels at 0.3: the share of parameters kept
   opencl    compile(model, x, target="opencl"): parity with eager and the nodes that ran on torch
+  factorize (with --factorize) each method at rank 0.25: layers factorized / refused with a reason;
+            it fails when a conv or linear is neither (the tests run one method per model)
 
-    .venv/bin/python benchmarks/timm_zoo.py [--set tuning|holdout|all] [--models a,b] [--json out.json]
+    .venv/bin/python benchmarks/timm_zoo.py [--set tuning|holdout|all] [--models a,b] [--factorize] [--json out.json]
 """
 from __future__ import annotations
 
@@ -48,7 +50,26 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
 
 
-def check(name: str, workdir: Path) -> dict:
+METHODS = ("svd", "spatial_svd", "tucker2", "cp", "tt")
+
+
+def factorize_all(model, x) -> dict[str, str]:
+    """Per method: "taken/refused", or "UNNAMED k" when k layers were neither factorized nor refused."""
+    base = compiler.compile(model, x, pipeline=["cleanup", "fold_bn"], verify=False).graph_module
+    layers = {n.name: n.target for n in base.graph.nodes
+              if n.op == "call_module" and type(base.get_submodule(n.target)) in (nn.Conv2d, nn.Linear)}
+    out = {}
+    for method in METHODS:
+        cm = compiler.compile(model, x, pipeline=["cleanup", "fold_bn", {"name": "factorize", "method": method, "rank": 0.25}],
+                              verify=False)
+        row = cm.report.row("factorize")
+        taken, refused = {d["layer"] for d in row.details}, {r.node for r in row.refusals}
+        unnamed = [n for n, path in layers.items() if path not in taken and n not in refused]
+        out[method] = f"UNNAMED {len(unnamed)}" if unnamed else f"{len(taken)}/{len(refused)}"
+    return out
+
+
+def check(name: str, workdir: Path, factorize: bool = False) -> dict:
     row: dict = {"model": name}
     t0 = time.perf_counter()
     try:
@@ -67,6 +88,8 @@ def check(name: str, workdir: Path) -> dict:
         with torch.no_grad():
             row["opencl_rel_err"] = _rel(ref, ocl(x))
         row["fallbacks"] = ocl.report.backend["fallbacks"]
+        if factorize:
+            row["factorize"] = factorize_all(model, x)
     except Exception as e:  # noqa: BLE001 - a model that fails is a result
         row["error"] = _first_line(e)
     row["seconds"] = time.perf_counter() - t0
@@ -86,6 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=("tuning", "holdout", "all"), default="all")
     ap.add_argument("--models", help="comma-separated timm names (default: the --set)")
+    ap.add_argument("--factorize", action="store_true", help="also every factorization method on every model (slow)")
     ap.add_argument("--json", help="write the rows here (atomically, after every model)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -99,7 +123,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in tqdm(names, desc="timm zoo", unit="model"):
-            r = check(name, Path(d))
+            r = check(name, Path(d), args.factorize)
             r["set"], r["family"], r["kind"] = table[name]
             rows.append(r)
             if args.json:
@@ -107,13 +131,16 @@ def main() -> None:
 
     def fmt(r):
         if "error" in r:
-            return [r["model"], r["set"], r["family"], r["kind"], "-", "-", "-", "-", "-", r["error"].replace("|", "/")]
+            return [r["model"], r["set"], r["family"], r["kind"], "-", "-", "-", "-", "-", r["error"].replace("|", "/")] + \
+                (["-"] if args.factorize else [])
         ops = sorted({f.split(" ", 1)[1] for f in r["fallbacks"]})
+        fz = [" ".join(f"{m}:{v}" for m, v in r["factorize"].items())] if args.factorize else []
         return [r["model"], r["set"], r["family"], r["kind"], f"{r['bn_folded']}/{r['bn_to_fold']}", f"{r['onnx_rel_err']:.1e}",
-                f"{100 * r['prune_kept']:.0f}%", f"{r['opencl_rel_err']:.1e}", str(len(r["fallbacks"])), " ".join(ops)]
+                f"{100 * r['prune_kept']:.0f}%", f"{r['opencl_rel_err']:.1e}", str(len(r["fallbacks"])), " ".join(ops), *fz]
 
     print(markdown_table(["model", "set", "family", "kind", "BN folded", "ONNX rel err", "params kept @0.3",
-                          "OpenCL rel err", "on torch", "ops on torch / error"], [fmt(r) for r in rows]))
+                          "OpenCL rel err", "on torch", "ops on torch / error"]
+                         + (["factorize taken/refused per method"] if args.factorize else []), [fmt(r) for r in rows]))
     print()
     summary = []
     for s in ("tuning", "holdout"):

@@ -132,7 +132,8 @@ def test_zoo_models_by_name(spec, capsys):
     assert main(["compile", spec, "--input-shape", "1,3,32,32"]) == 0
     out = capsys.readouterr().out
     assert _matches(out, "fold_bn") > 10 and _matches(out, "fuse") > 10
-    assert "canonical graph: " in out
+    if spec.startswith("timm:"):  # timm's BatchNormAct2d asserts on x.ndim: folded, and said so
+        assert "canonical graph: " in out and "asserts removed" in out
 
 
 def test_weights_are_loaded_with_weights_only(tmp_path, capsys):

@@ -122,3 +122,39 @@ def test_multihead_attention_is_lowered_and_pruned_attention_too(batch_first):
     pruned = compiler.compile(model, x, pipeline=[PruneChannels(ratio=0.5)], target="opencl")  # -> ops.Attention
     assert pruned.report.backend["fallbacks"] == []
     assert rel_err(pruned.graph_module(x), pruned(x)) < 1e-4
+
+
+class TimmOps(nn.Module):
+    """The ops timm CNNs brought to the OpenCL target: ECA's Conv1d over channels, SK's stack / sum /
+    softmax over the branch dim, HRNet's nearest upsampling, HGNet's asymmetric pad, CSPNet's
+    LeakyReLU, Mish, an unfolded BatchNorm (scale-shift)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.eca = nn.Conv1d(1, 1, 5, padding=2, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        feats = torch.stack([self.a(x), self.b(x)], dim=1)  # (N, 2, C, H, W)
+        gate = torch.softmax(feats.sum(dim=1).mean((2, 3), keepdim=True).unsqueeze(1).expand_as(feats), dim=1)
+        y = (feats * gate).sum(1)
+        e = self.eca(y.mean((2, 3)).unsqueeze(1)).transpose(-1, -2).unsqueeze(-1)  # (N, C, 1, 1)
+        y = self.act(y * torch.sigmoid(e).expand_as(y))
+        y = F.mish(self.bn(self.up(F.pad(y, (0, 1, 0, 1)))[:, :, ::2, ::2] + 1.0))
+        return F.interpolate(y, size=(18, 18), mode="nearest")
+
+
+def test_timm_ops_run_on_opencl_with_no_fallback():
+    torch.manual_seed(0)
+    model = TimmOps().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 8, 8, 8)
+    cm = compiler.compile(model, x, pipeline=["cleanup"], target="opencl")
+    assert cm.report.backend["fallbacks"] == []
+    with torch.no_grad():
+        assert rel_err(model(x), cm(x)) <= 1e-5

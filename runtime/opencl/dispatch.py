@@ -135,13 +135,20 @@ def _pad(lw: Lowering, n: fx.Node, x: Value) -> Value | None:
     return eltwise(lw, n, "x", out, x, out_offset=offset, out_strides=list(st), shape=x.shape)
 
 
-def _stack(lw: Lowering, n: fx.Node) -> Value | None:
+def _parts(lw: Lowering, n: fx.Node) -> tuple[list[Value], int, tuple[int, ...]] | None:
+    """The tensors, dim and output shape of a ``cat`` or ``stack``; None unless all are tensors."""
     parts = lw.arg(n.args[0])
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     if not all(isinstance(p, Value) for p in parts):
         return None
     shape = tuple(meta.shape(n))
-    dim %= len(shape)
+    return parts, dim % len(shape), shape
+
+
+def _stack(lw: Lowering, n: fx.Node) -> Value | None:
+    if (found := _parts(lw, n)) is None:
+        return None
+    parts, dim, shape = found
     out = lw.new(shape, tuple(range(len(shape))))
     st = list(out.strides())
     for i, p in enumerate(parts):
@@ -218,12 +225,9 @@ def _binary(lw: Lowering, n: fx.Node, expr: str) -> Value | None:
 
 
 def _cat(lw: Lowering, n: fx.Node) -> Value | None:
-    parts = lw.arg(n.args[0])
-    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-    if not all(isinstance(p, Value) for p in parts):
+    if (found := _parts(lw, n)) is None:
         return None
-    shape = tuple(meta.shape(n))
-    dim %= len(shape)
+    parts, dim, shape = found
     out = lw.new(shape, parts[0].order)
     start, st = 0, out.strides()
     for p in parts:
