@@ -147,7 +147,7 @@ def main() -> None:
                 continue
             plan_s = time.perf_counter() - t0
             row = next(row for row in cm.report.rows if row.name == "budget")
-            summary = row.details[-1]
+            summary = row.summary
             if args.plans:
                 Path(args.plans).mkdir(parents=True, exist_ok=True)
                 Plan(layers=summary["plan"], prune=summary["prune"]).save(Path(args.plans) / f"{name}-{r}.json")

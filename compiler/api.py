@@ -13,6 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from .budget import Budget
+from .calibration import Calibration
 from .errors import BudgetError, ExportError, FineTuneError, InputError, PipelineError
 from .finetune import FineTune, finetune as run_finetune
 from .pass_manager import PassManager
@@ -103,10 +104,12 @@ def with_budget(pipeline: PipelineSpec, budget: Budget) -> list:
     return passes[:at] + [build_pass({"name": "budget", "budget": budget}, where="compile(budget=...)")] + passes[at:]
 
 
-def _with_recover(planner, recover):
-    """A copy of the budget pass ``planner`` that calls ``recover(gm, step)`` after each plan step."""
+def _with(planner, **attrs):
+    """A copy of the budget pass ``planner`` with ``attrs`` set (``recover(gm, step)`` after each plan
+    step, the ``calibration`` data): the caller's pass object is not left holding this call's data."""
     out = copy.copy(planner)
-    out.recover = recover
+    for k, v in attrs.items():
+        setattr(out, k, v)
     return out
 
 
@@ -166,8 +169,9 @@ def compile(
     inputs = as_input_tuple(example_inputs)
     if finetune is not None and not isinstance(finetune, FineTune):
         raise FineTuneError(f"finetune must be a compiler.FineTune, got {type(finetune).__name__}")
-    if finetune is None and (train_data is not None or val_data is not None):
-        raise FineTuneError("train_data and val_data are for fine-tuning: pass finetune=FineTune(...) as well")
+    if finetune is None and budget is None and (train_data is not None or val_data is not None):
+        raise FineTuneError("train_data and val_data are for fine-tuning and budget plans: pass finetune=FineTune(...) "
+                            "or budget=Budget(...) as well")
     if finetune is not None and train_data is None:
         raise FineTuneError("finetune=FineTune(...) needs train_data= (a DataLoader or a list of (inputs, labels) batches)")
     backend = get_backend(target)  # fail fast on a bad target name
@@ -177,6 +181,11 @@ def compile(
     trace_seconds = time.perf_counter() - t0
     if budget is not None:
         pipeline = with_budget(pipeline, budget)
+    if train_data is not None:  # a budget plan scores its candidates on the user's data
+        pipeline = load_pipeline(pipeline)
+        if any(p.name == "budget" for p in pipeline):
+            cal = Calibration.from_batches(model, train_data, where="train_data")
+            pipeline = [_with(p, calibration=cal) if p.name == "budget" and p.calibration is None else p for p in pipeline]
     between: list[dict] = []
     if finetune is not None and finetune.between_steps:
         pipeline = load_pipeline(pipeline)
@@ -189,14 +198,19 @@ def compile(
             between.append({"after": step, **run_finetune(g, model, train_data, val_data, config=step_config).to_dict()})
 
         # copies: the caller's pass objects are not left holding this call's model and data
-        pipeline = [_with_recover(p, recover) if p.name == "budget" else p for p in pipeline]
+        pipeline = [_with(p, recover=recover) if p.name == "budget" else p for p in pipeline]
     gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target
+    held_out = Calibration.from_batches(model, val_data, images=10**9, where="val_data") if val_data is not None else None
+    if held_out is not None:
+        report.accuracy = {"images": held_out.images, "original": held_out.metrics(model), "compressed": held_out.metrics(gm)}
     if finetune is not None:
         report.finetune = run_finetune(gm, model, train_data, val_data, config=finetune).to_dict()
         if between:
             report.finetune["between_steps"] = between
+        if held_out is not None:
+            report.accuracy["recovered"] = held_out.metrics(gm)
     runner = backend.prepare(gm, inputs, report)
     return CompiledModel(gm, runner, report, inputs, target)

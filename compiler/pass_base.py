@@ -36,6 +36,7 @@ class PassResult:
     matches: int = 0
     refusals: list[Refusal] = field(default_factory=list)
     details: list[dict] = field(default_factory=list)  # per-layer rows of lossy passes
+    summary: dict | None = None  # what the pass decided as a whole (the budget pass: its plan and totals)
     warnings: list[str] = field(default_factory=list)
 
 

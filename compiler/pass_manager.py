@@ -89,7 +89,7 @@ class PassManager:
                     ins.before_pass(p, gm, ctx)
                 result = self._run_one(p, gm, ctx)
                 row.modified, row.matches = result.modified, result.matches
-                row.refusals, row.details = result.refusals, result.details
+                row.refusals, row.details, row.summary = result.refusals, result.details, result.summary
                 report.warnings += result.warnings
                 for ins in instruments:
                     ins.after_pass(p, gm, ctx, row)

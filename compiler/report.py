@@ -36,6 +36,7 @@ class PassRow:
     tolerance: float | None = None
     refusals: list[Refusal] = field(default_factory=list)
     details: list[dict] = field(default_factory=list)  # per-layer rows of lossy passes
+    summary: dict | None = None  # the pass's decision as a whole (the budget pass: plan, totals, accuracy)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class CompileReport:
     export: dict | None = None  # ONNX export: path, opset, parity errors
     backend: dict | None = None  # what the target backend reports (OpenCL: steps, fallbacks, peak memory)
     finetune: dict | None = None  # distillation fine-tuning after the passes: per-epoch history, best epoch
+    # on val_data: the original's, after the passes and after fine-tuning ({kl, agreement, accuracy} each)
+    accuracy: dict | None = None
     warnings: list[str] = field(default_factory=list)
 
     def row(self, name: str) -> PassRow:
@@ -94,6 +97,8 @@ class CompileReport:
         if c.get("folded") or c.get("asserts_removed") or c.get("bound_arguments") or c.get("batch_folded"):
             lines.append(f"  canonical graph: {self.canonical['summary']}")
         for r in self.rows:
+            if r.summary:
+                lines += ["", *summary_lines(r.name, r.summary)]
             if r.details:
                 lines += ["", f"{r.name}: per layer", *layer_table(r.details), ""]
         for leaf in self.auto_leaves:
@@ -107,12 +112,51 @@ class CompileReport:
                 f"  onnx: {e['path']} (opset {e['opset']}), onnxruntime parity: "
                 f"max abs err {_sci(e['max_abs_err'])}, max rel err {_sci(e['max_rel_err'])}"
             )
+        if self.accuracy:
+            a = self.accuracy
+            stages = [(k, a[k]) for k in ("original", "compressed", "recovered") if k in a]
+            key = "accuracy" if "accuracy" in a["original"] else "agreement"
+            lines.append(f"  {key} on {a['images']} validation images: " + ", ".join(
+                f"{k} {100 * m[key]:.2f}%" for k, m in stages))
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
+def summary_lines(name: str, summary: dict) -> list[str]:
+    """A pass's decision in a few lines: its scalar entries, and before -> after of the dicts that
+    have both (the budget pass's predicted and measured totals, its accuracy)."""
+    lines = [f"{name}: summary"]
+    for k, v in summary.items():
+        if isinstance(v, dict) and "before" in v and "after" in v:
+            b, a = v["before"], v["after"]
+            if isinstance(b, dict):
+                lines.append(f"  {k}: " + ", ".join(f"{q} {_cell(b[q])} -> {_cell(a.get(q))}" for q in b if q in a))
+            else:
+                lines.append(f"  {k}: {_cell(b)} -> {_cell(a)}" + "".join(
+                    f", {q} {_cell(x)}" for q, x in v.items() if q not in ("before", "after")))
+        elif isinstance(v, dict):
+            lines.append(f"  {k}: {len(v)} entries" if v else f"  {k}: none")
+        elif not isinstance(v, list):
+            lines.append(f"  {k}: {_cell(v)}")
+    return lines
+
+
 def layer_table(details: list[dict]) -> list[str]:
-    """Per-layer (or per-group) rows of a lossy pass, with totals of the before/after columns."""
+    """Per-layer (or per-group) rows of a lossy pass, with totals of the before/after columns: one
+    table per run of rows with the same columns (the budget pass's pruned groups, then its
+    factorized layers)."""
+    runs: list[list[dict]] = []
+    for d in details:
+        if runs and list(runs[-1][0]) == list(d):
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    if len(runs) > 1:
+        return [line for i, run in enumerate(runs) for line in ([""] if i else []) + _one_table(run)]
+    return _one_table(details)
+
+
+def _one_table(details: list[dict]) -> list[str]:
     keys = list(details[0])
     pairs = [k[: -len("_before")] for k in keys if k.endswith("_before") and k[: -len("_before")] + "_after" in keys]
     plain = [k for k in keys if not any(k in (f"{p}_before", f"{p}_after") for p in pairs)]

@@ -32,7 +32,7 @@ def main() -> None:
 
     budget = {"name": "budget", "budget": {"latency_ratio": args.ratio}, "plan_path": args.plan, "progress": True}
     cm = compiler.compile(model, x, target="opencl", pipeline=["cleanup", "fold_bn", budget, "fuse"])
-    s = cm.report.row("budget").details[-1]
+    s = cm.report.row("budget").summary
     print(f"\nplan ({args.plan}): layers factorized {len(s['plan'])}, channel groups pruned {len(s['prune'])}")
     for path, choice in s["plan"].items():
         print(f"  factorize {path}: {choice['method']} rank {choice['rank']}")

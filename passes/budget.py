@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from compiler.analysis import count_macs, count_params
 from compiler.budget import PRUNE_ROUND_TO, Budget, Plan
+from compiler.calibration import Calibration
 from compiler.cost import CostModel
 from compiler.cost.graph import reads_model_input
 from compiler.cost.allocate import Allocation, Candidate, allocate
@@ -57,8 +58,8 @@ from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 from compiler.target import Target
 
-from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _measured_ms, _method, _over,
-                           _plan, _predicted_ms, _price, _prune, _rel_err, _run, _totals)
+from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _least_rank, _measured_ms, _method,
+                           _over, _plan, _predicted_ms, _price, _prune, _rel_err, _run, _totals)
 from .factorize import Factorize, _capture_inputs
 from .prune_channels import PruneChannels
 from .pruning.depgraph import analyse
@@ -75,6 +76,11 @@ PRUNE_RATIOS = (0.25, 0.5, 0.75)
 # turns (``wall_ms_each``) agree to a few percent here; a tighter slack would compress for noise.
 MEASURED_SLACK = 0.05
 MEASURED_ROUNDS = 2
+# Per-layer floors: no pruning leaves a channel group with fewer channels, no factorization has a
+# rank below this. A VGG-style Fashion-MNIST plan that pruned two 64-channel layers to 16 channels
+# and factorized one of them again at rank 6x6 started its fine-tune at 9% and ended 6 points down.
+MIN_CHANNELS = 16
+MIN_RANK = 8
 
 
 class BudgetPass(Pass, name="budget"):
@@ -88,8 +94,19 @@ class BudgetPass(Pass, name="budget"):
                  plan_path: str | None = None, progress: bool = False, tolerance: float = float("inf"),
                  search: Search | dict | None = None,
                  recover: Callable[[fx.GraphModule, str], object] | None = None,
-                 measure: bool | None = None, measure_span_s: float = 10.0) -> None:
+                 measure: bool | None = None, measure_span_s: float = 10.0,
+                 min_channels: int = MIN_CHANNELS, min_rank: int = MIN_RANK, stack: bool = False,
+                 calibration: Calibration | None = None) -> None:
         self.budget = Budget.from_dict(budget)
+        for what, v in (("min_channels", min_channels), ("min_rank", min_rank)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PipelineError(f"budget {what} must be an int >= 1, got {v!r}")
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise PipelineError(f"budget calibration must be a compiler.calibration.Calibration, got "
+                                f"{type(calibration).__name__}; compile(budget=..., train_data=...) makes one")
+        # stack=False: a layer whose channels a pruning changes is not factorized as well (the allocation
+        # holds its factorization at keep and allocates again)
+        self.min_channels, self.min_rank, self.stack, self.calibration = min_channels, min_rank, bool(stack), calibration
         if recover is not None and not callable(recover):
             raise PipelineError(f"budget recover must be a callable (gm, step name), got {type(recover).__name__}; "
                                 "it is for Python pipelines, e.g. compile(finetune=FineTune(between_steps=1))")
@@ -108,6 +125,8 @@ class BudgetPass(Pass, name="budget"):
         self.measure = target == "device" if measure is None else bool(measure)
         self.measure_span_s = float(measure_span_s)  # each timing's rounds spread over this long (slow phases)
         self.plan: Plan | None = None
+        self._touched: dict[str, set[str]] = {}  # per pruning table, the layers whose weights it reshapes (run)
+        self._uniform: dict | None = None  # the uniform plans weighed against the allocation's (run, with data)
 
     def cost_model(self) -> CostModel:
         if isinstance(self.target, Target):
@@ -126,8 +145,14 @@ class BudgetPass(Pass, name="budget"):
         before = _predicted_ms(gm, cm, ctx)
         params, macs = count_params(gm), count_macs(gm)
 
+        cal = self.calibration
+        cal_before = cal.metrics(gm) if cal is not None else None
+
         def sensitivity(g: fx.GraphModule) -> float:
-            return _rel_err(reference, _run(g, ctx.example_inputs))
+            return cal.error(g) if cal is not None else _rel_err(reference, _run(g, ctx.example_inputs))
+
+        self._touched: dict[str, set[str]] = {}
+        self._uniform = None  # per pruning table, the layers whose weights it reshapes
 
         tables = {}
         for n in tqdm(nodes, desc="budget: factorizations", disable=not self.progress, leave=False):
@@ -147,6 +172,8 @@ class BudgetPass(Pass, name="budget"):
                 picks = _changes(alloc.picks)
                 if b.max_output_error is not None:
                     picks = self._within_error(gm, ctx, picks, reference)
+                if cal is not None:
+                    return self._against_uniform(gm, ctx, cm, tables, lims, picks, alloc.allocator)
                 return picks, alloc.allocator
 
             picks, allocator = planned(limits)
@@ -181,6 +208,13 @@ class BudgetPass(Pass, name="budget"):
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
                           "allocator": allocator, "limits": limits,
                           "considered": considered}
+        if cal is not None:
+            plan.predicted["sensitivity"] = f"KL divergence to the original on {cal.images} calibration images"
+            plan.predicted["calibration"] = {"before": cal_before, "after": cal.metrics(gm)}
+            if self._uniform:
+                plan.predicted["uniform"] = self._uniform
+        else:
+            plan.predicted["sensitivity"] = "max relative output error on the example inputs (made without data)"
         if corrections:
             plan.predicted["measured_corrections"] = corrections
         warnings = [f"budget: the plan misses {k} after applying it ({t_after[k]:.4g} > {limits[k]:.4g})" for k in violated]
@@ -206,8 +240,9 @@ class BudgetPass(Pass, name="budget"):
             if "layer" in d and d["layer"] in tables:  # a factorization: its layer's predicted time
                 d["predicted_ms"] = next((c.ms for c in tables[d["layer"]] if c.choice and c.choice == plan.layers.get(d["layer"])), None)
                 d["predicted_ms_before"] = tables[d["layer"]][0].ms
-        details.append({"plan": plan.layers, "prune": plan.prune, **plan.predicted})
-        return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details, warnings=warnings)
+        summary = {"plan": plan.layers, "prune": plan.prune, **plan.predicted}
+        return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details,
+                          summary=summary, warnings=warnings)
 
     def _measured_corrections(self, gm, ctx, planned, picks, allocator, limits):
         """The plan checked on the device: applied to a copy and timed against ``gm`` in turns; while it
@@ -258,7 +293,7 @@ class BudgetPass(Pass, name="budget"):
                     if a is None:
                         raise
                     break  # out of reach with those layers kept: the allocation before, without them
-                slower = self._slower_once_pruned(gm, ctx, cm, a.picks)
+                slower = self._slower_once_pruned(gm, ctx, cm, a.picks) | self._stacked(a.picks)
                 if not slower:
                     break
                 log.info("budget: %d layers' factorizations are no faster once pruned, kept: %s",
@@ -346,13 +381,14 @@ class BudgetPass(Pass, name="budget"):
             for r in self.prune_ratios:
                 trial = copy.deepcopy(gm)
                 res = _prune({rep: r}).run(trial, ctx)
-                if not res.modified:
-                    continue
+                if not res.modified or min(d["channels_after"] for d in res.details) < self.min_channels:
+                    continue  # nothing pruned, or below the floor
                 got = _totals(trial, cm, ctx)
                 if got["ms"] >= base["ms"]:  # never slower
                     continue
                 table.append(Candidate({"prune": r}, *(got[k] - base[k] for k in ("ms", "params", "macs")),
                                        sensitivity(trial)))
+                self._touched.setdefault(PRUNE + rep, set()).update(_reshaped(gm, trial))
             if len(table) > 1:
                 out[PRUNE + rep] = table
         return out
@@ -397,7 +433,7 @@ class BudgetPass(Pass, name="budget"):
         out = [Candidate(None, keep[0], count_params(layer), keep[1])]
         for r in self.ranks:
             nparams, build = _factorized(layer, r)
-            if nparams >= out[0].params:
+            if nparams >= out[0].params or _least_rank(layer, r) < self.min_rank:
                 continue
             chain = build()
             ms, macs = _price(cm, chain, shape, nchw)
@@ -410,6 +446,48 @@ class BudgetPass(Pass, name="budget"):
                 gm.set_submodule(n.target, layer)
             out.append(Candidate({"method": _method(layer), "rank": r}, ms, nparams, macs, err))
         return out
+
+    def _against_uniform(self, gm, ctx, cm, tables, limits, picks, allocator):
+        """The allocation's ``picks`` against the uniform plans at the same limits (every channel group
+        pruned at one ratio, every layer factorized at one rank fraction, and each pair of those), by
+        the calibration error of the plan applied to a copy: the better one is kept. An allocation
+        that loses to a uniform recipe has mis-read its per-layer scores, and the data say so."""
+        def uniform(choice) -> dict[str, Candidate]:
+            out = {}
+            for p, t in tables.items():
+                hit = [c for c in t if c.choice is not None and choice(p, c.choice)]
+                if hit:
+                    out[p] = hit[0]
+            return out
+
+        plans = [(f"uniform prune {r:g}", uniform(lambda p, c, r=r: c.get("prune") == r)) for r in self.prune_ratios]
+        plans += [(f"uniform rank {q:g}", uniform(lambda p, c, q=q: c.get("rank") == q)) for q in self.ranks]
+        plans += [(f"uniform prune {r:g} + rank {q:g}", uniform(lambda p, c, r=r, q=q: c.get("prune") == r or c.get("rank") == q))
+                  for r in self.prune_ratios for q in self.ranks]
+        best = (self.calibration.error(_applied(gm, picks, ctx)), allocator, picks)
+        tried = []
+        for name, plan in plans:
+            if not plan:
+                continue
+            trial = _applied(gm, plan, ctx)
+            if _over(_totals(trial, cm, ctx), limits):
+                continue
+            err = self.calibration.error(trial)
+            tried.append((name, err))
+            if err < best[0]:
+                best = (err, name, plan)
+        log.info("budget: the allocation's plan (%s) scores %.4g; uniform plans within the limits: %s", allocator,
+                 self.calibration.error(_applied(gm, picks, ctx)), tried)
+        self._uniform = {"allocation": allocator, "tried": dict(tried), "kept": best[1]}
+        return best[2], best[1]
+
+    def _stacked(self, picks: dict[str, Candidate]) -> set[str]:
+        """With ``stack=False``, the layers ``picks`` factorizes whose weights its pruning reshapes."""
+        if self.stack:
+            return set()
+        changes = _changes(picks)
+        touched = set().union(*(self._touched.get(p, set()) for p in changes if p.startswith(PRUNE)))
+        return {p for p in changes if not p.startswith(PRUNE) and p in touched}
 
     def _slower_once_pruned(self, gm: fx.GraphModule, ctx: PassContext, cm: CostModel,
                             picks: dict[str, Candidate]) -> set[str]:
@@ -433,3 +511,17 @@ class BudgetPass(Pass, name="budget"):
             if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
                 slower.add(n.target)
         return slower
+
+
+def _reshaped(gm: fx.GraphModule, pruned: fx.GraphModule) -> set[str]:
+    """The Conv2d / Linear paths whose weight shape differs in ``pruned``."""
+    out = set()
+    for path, m in gm.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            try:
+                q = pruned.get_submodule(path)
+            except AttributeError:
+                continue
+            if getattr(q, "weight", None) is not None and q.weight.shape != m.weight.shape:
+                out.add(path)
+    return out

@@ -127,6 +127,14 @@ def _factorized(layer: nn.Module, rank: float) -> tuple[int, Callable[[], nn.Seq
     return nparams, lambda: nn.Sequential(*build_chain(method, layer, m.decompose(w, ranks)))
 
 
+def _least_rank(layer: nn.Module, rank: float) -> int:
+    """The smallest rank of ``layer``'s factorization at rank fraction ``rank`` (Tucker-2: of its two)."""
+    method = _method(layer)
+    m = for_layer(method, "linear" if isinstance(layer, nn.Linear) else "conv", getattr(layer, "groups", 1))
+    r = resolve_ranks(parse_rank(rank), m, layer.weight.detach())
+    return min(r) if isinstance(r, (tuple, list)) else int(r)
+
+
 def _price(cm: CostModel, m: nn.Module, shape, nchw: bool = False) -> tuple[float, int]:
     layers, _ = module_layers(m, shape, nchw=nchw)
     return sum(cm.launch_ms(Work("", x.family, x)) for x in layers), sum(x.macs for x in layers)

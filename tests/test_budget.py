@@ -91,7 +91,7 @@ def test_budget_pass_meets_the_predicted_budget_and_its_plan_replays(tmp_path):
     pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.7), "target": CPU,
                             "plan_path": str(plan_path), "prune_ratios": []}, "fuse"]
     cm = compiler.compile(model, x, pipeline=pipeline)
-    summary = _budget_row(cm).details[-1]
+    summary = _budget_row(cm).summary
     assert summary["prune"] == {}
     assert summary["after"]["ms"] <= 0.7 * summary["before"]["ms"] * 1.0001
     assert summary["plan"] and set(summary["plan"]) <= {"body.0", "body.2", "body.4"}  # stem and head kept
@@ -110,7 +110,7 @@ def test_budget_prunes_channel_groups_and_the_plan_replays(tmp_path, ranks):
     pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.6), "target": CPU, "ranks": ranks,
                             "prune_ratios": [0.25, 0.5], "plan_path": str(plan_path)}, "fuse"]
     cm = compiler.compile(model, x, pipeline=pipeline)
-    summary = _budget_row(cm).details[-1]
+    summary = _budget_row(cm).summary
     assert summary["after"]["ms"] <= 0.6 * summary["before"]["ms"] * 1.0001  # met after applying, pruning included
     assert summary["prune"] and set(summary["prune"].values()) <= {0.25, 0.5}
     assert summary["considered"][f"prune:{next(iter(summary['prune']))}"] == "prune"
@@ -178,11 +178,11 @@ def test_max_output_error_holds_when_measured():
     model, x = Net().eval(), torch.randn(2, 3, 32, 32)
     loose = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU,
                                                              "budget": {"latency_ratio": 0.9}}])
-    err = _budget_row(loose).details[-1]["output_rel_err"]
+    err = _budget_row(loose).summary["output_rel_err"]
     assert err > 0
     tight = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU,
                                                              "budget": {"latency_ratio": 1.0, "max_output_error": err / 2}}])
-    summary = _budget_row(tight).details[-1]
+    summary = _budget_row(tight).summary
     assert summary["output_rel_err"] <= err / 2
     with torch.no_grad():
         assert rel_err(model(x), tight(x)) <= err / 2 + 1e-6
@@ -195,7 +195,7 @@ def test_search_meets_the_budget_and_is_never_worse_than_the_allocation(tmp_path
     def run(**extra):
         cm = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "budget": {"latency_ratio": 0.6},
                                                               "target": CPU, **extra}])
-        return _budget_row(cm).details[-1]
+        return _budget_row(cm).summary
 
     allocated = run()
     found = run(search={"trials": 12, "sampler": "tpe", "seed": 0})
@@ -222,7 +222,7 @@ torch.manual_seed(0)
 model, x = Net().eval(), torch.randn(2, 3, 32, 32)
 cm = compiler.compile(model, x, pipeline=["cleanup", {{"name": "budget", "budget": {{"latency_ratio": 0.6}}, "target": CPU,
                                                       "search": {{"trials": 5, "storage": "{url}"}}}}])
-print(next(r for r in cm.report.rows if r.name == "budget").details[-1]["search"]["trials"])
+print(next(r for r in cm.report.rows if r.name == "budget").summary["search"]["trials"])
 """
     workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -274,7 +274,7 @@ def test_a_device_target_without_the_device_is_a_typed_error_and_presets_plan_of
     big = torch.randn(8, 3, 64, 64)  # enough work that a GPU's launches do not dominate
     cm = compiler.compile(model, big, pipeline=["cleanup", {"name": "budget", "budget": {"latency_ratio": 0.8},
                                                             "target": "rx580"}])  # a spec sheet: no device needed
-    summary = _budget_row(cm).details[-1]
+    summary = _budget_row(cm).summary
     assert summary["after"]["ms"] <= 0.8 * summary["before"]["ms"] * 1.0001
 
 
@@ -302,15 +302,16 @@ def test_finetune_runs_between_the_steps_of_a_budget_plan():
     model, x = Net().eval(), torch.randn(2, 3, 32, 32)
     torch.manual_seed(0)
     data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(4)]
+    # pruning alone (0.25) cannot reach 0.4 of the latency: the plan prunes and factorizes
     pipeline = ["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.4), "target": CPU, "ranks": [0.5, 0.25],
-                            "prune_ratios": [0.25, 0.5]}, "fuse"]
+                            "prune_ratios": [0.25]}, "fuse"]
 
     def run(between_steps):
         cfg = FineTune(epochs=1, between_steps=between_steps, lr=1e-3, progress=False)
         return compiler.compile(model, x, pipeline=pipeline, finetune=cfg, train_data=data, val_data=data[:1])
 
     cm = run(1)
-    summary = _budget_row(cm).details[-1]
+    summary = _budget_row(cm).summary
     steps = (["prune_channels"] if summary["prune"] else []) + [
         f"factorize {m}" for m in sorted({c["method"] for c in summary["plan"].values()})]
     assert len(steps) >= 2  # pruning and a factorization: there is a "between"
@@ -325,7 +326,7 @@ def test_finetune_runs_between_the_steps_of_a_budget_plan():
     assert mine.recover is None  # the caller's pass object is not left holding this call's fine-tune
     plain = run(0)  # the same plan without the fine-tunes between its steps
     assert "between_steps" not in plain.report.finetune
-    assert _budget_row(plain).details[-1]["plan"] == summary["plan"]
+    assert _budget_row(plain).summary["plan"] == summary["plan"]
     with torch.no_grad():
         assert rel_err(cm(x), plain(x)) > 1e-3  # the factorizations saw fine-tuned weights
     with pytest.raises(compiler.FineTuneError, match="between the steps of a budget plan"):
@@ -426,8 +427,8 @@ def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_pa
                                                                 "budget": {"latency_ratio": 0.6}, "measure_span_s": 0,
                                                                 **extra}, "fuse"])
 
-    assert "measured_ms" not in _budget_row(run()).details[-1]  # an offline target: nothing to time
-    measured = _budget_row(run(measure=True)).details[-1]["measured_ms"]
+    assert "measured_ms" not in _budget_row(run()).summary  # an offline target: nothing to time
+    measured = _budget_row(run(measure=True)).summary["measured_ms"]
     assert set(measured) == {"before", "after"} and all(0 < v < 1e4 for v in measured.values())
     assert Plan.load(plan_path).predicted["measured_ms"] == measured
     # the warnings, with the timings fixed: slower than the original, then over the budget by more than 10%
@@ -460,7 +461,7 @@ def test_a_plan_the_device_measures_over_its_goal_is_made_again_tighter(monkeypa
     def summary(**extra):
         cm = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "target": CPU, "prune_ratios": [],
                                                               "budget": {"latency_ratio": 0.7}, **extra}, "fuse"])
-        return _budget_row(cm).details[-1]
+        return _budget_row(cm).summary
 
     trusting = summary()
     assert trusting["after"]["ms"] <= 0.7 * trusting["before"]["ms"] * 1.0001 and "measured_corrections" not in trusting
@@ -474,3 +475,57 @@ def test_a_plan_the_device_measures_over_its_goal_is_made_again_tighter(monkeypa
     final = checked["measured_ms"]
     assert final["after"] <= 1.05 * 0.7 * final["before"] < fixes[0]["measured_ms"]["after"]
     assert checked["after"]["ms"] < trusting["after"]["ms"]  # more compression, for the device's sake
+
+
+def test_budget_with_data_scores_by_kl_keeps_floors_and_the_report_prints_accuracy(tmp_path):
+    """compile(budget=, finetune=, train_data=, val_data=): candidates scored by KL to the original on
+    calibration images, no pruned group under min_channels, no rank under min_rank, no layer both
+    pruned and factorized, the allocation weighed against uniform plans; the report prints, saves,
+    and states accuracy before compression, after it and after recovery."""
+    from compiler.finetune import FineTune
+    from passes.budget import BudgetPass
+
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(4)]
+    planner = BudgetPass(budget=Budget(latency_ratio=0.5), target=CPU, ranks=(0.5, 0.25, 0.1),
+                         prune_ratios=(0.25, 0.5, 0.8), min_channels=16, min_rank=8)
+    cm = compiler.compile(model, x, pipeline=["cleanup", planner, "fuse"], train_data=data, val_data=data[:2],
+                          finetune=FineTune(epochs=1, progress=False))
+    assert planner.calibration is None  # the caller's pass is not left holding this call's data
+    s = _budget_row(cm).summary
+    assert s["sensitivity"].startswith("KL divergence to the original on 32 calibration images")
+    assert s["calibration"]["before"]["kl"] == pytest.approx(0, abs=1e-6) and s["calibration"]["before"]["agreement"] == 1
+    assert s["calibration"]["after"]["kl"] > 0 and "accuracy" in s["calibration"]["after"]
+    assert set(s["uniform"]["tried"]) and s["uniform"]["kept"]
+    convs = {p: m for p, m in cm.graph_module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    widths = [m.out_channels for m in convs.values() if isinstance(m, nn.Conv2d)]
+    assert min(widths) >= 16  # the 0.8 pruning (64 -> 16 would pass; 32 -> 8 would not)
+    assert 0.8 not in s["prune"].values() or all(w >= 16 for w in widths)
+    for path, choice in s["plan"].items():  # rank 0.1 of 64 channels is 6, under the floor: never offered
+        assert choice["rank"] != 0.1
+    if not s["uniform"]["kept"].startswith("uniform"):  # the allocation's plan: no layer both pruned and factorized
+        assert not set(s["plan"]) & set(s["prune"])
+    a = cm.report.accuracy
+    assert a["images"] == 16 and set(a) == {"images", "original", "compressed", "recovered"}
+    assert a["original"]["agreement"] == 1 and 0 <= a["recovered"]["accuracy"] <= 1
+    text = str(cm.report)
+    assert "budget: summary" in text and "sensitivity: KL divergence" in text
+    assert re.search(r"accuracy on 16 validation images: original \d+\.\d\d%, compressed \d+\.\d\d%, recovered", text)
+    cm.report.save(tmp_path / "r.json")
+    assert '"accuracy"' in (tmp_path / "r.json").read_text()
+    without = compiler.compile(model, x, pipeline=["cleanup", {"name": "budget", "budget": Budget(latency_ratio=0.7),
+                                                               "target": CPU}, "fuse"])
+    assert "made without data" in _budget_row(without).summary["sensitivity"]
+    assert "made without data" in str(without.report) and without.report.accuracy is None
+    with pytest.raises(compiler.PipelineError, match="min_channels must be an int >= 1"):
+        BudgetPass(budget=Budget(latency_ratio=0.5), min_channels=0)
+
+
+def test_layer_table_prints_rows_of_different_columns():
+    from compiler.report import layer_table
+
+    lines = layer_table([{"layers": ["a"], "channels_before": 8, "channels_after": 4},
+                         {"layer": "b", "method": "svd", "params_before": 10, "params_after": 5}])
+    assert any("layers" in ln for ln in lines) and any("method" in ln for ln in lines)
+    assert any("10 -> 5 (2.00x)" in ln for ln in lines)
