@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -62,7 +61,7 @@ from compiler.cost import calibrate, default_profile_path  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import atomic_dir, write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune, finetune  # noqa: E402
-from fashion_mnist import evaluate, resnet, small_cnn, train  # noqa: E402
+from fashion_mnist import evaluate, resnet, small_cnn, trained  # noqa: E402
 from runtime.onnx import OrtRunner, export_onnx  # noqa: E402
 from runtime.opencl import open_device  # noqa: E402
 
@@ -153,23 +152,9 @@ def reference(name: str, loaders, s: Settings, cache: Path) -> tuple[nn.Module, 
     """The trained reference model, from the cache when an identical recipe was trained before."""
     torch.manual_seed(0)
     model = MODELS[name]()
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    epochs = dict(s.train_epochs)[name]
-    recipe = f"{name}|{shapes}|epochs={epochs}|limit={s.train_limit}|val={s.val_size}|seed=0"
-    path = cache / f"{name}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.pt"
-    info = {"cache": str(path), "train_s": None}
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        t0 = time.perf_counter()
-        data = DataLoader(loaders.train.dataset, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
-        train(model, data, epochs=epochs, progress=False)  # its own shuffle: the same weights whatever ran before
-        info["train_s"] = time.perf_counter() - t0
-        cache.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(path) as tmp:
-            torch.save(model.state_dict(), tmp / path.name)
-            os.replace(tmp / path.name, path)
-    return model.eval(), info
+    info = trained(name, model, loaders.train.dataset, epochs=dict(s.train_epochs)[name], cache=cache,
+                   recipe=f"limit={s.train_limit}|val={s.val_size}|seed=0")
+    return model, info
 
 
 def latencies(graphs: list[nn.Module], s: Settings, workdir: Path) -> list[dict]:

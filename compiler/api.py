@@ -151,6 +151,10 @@ def compile(
         of ``(inputs, labels)`` batches; ``val_data`` drives early stopping and the best-epoch restore.
         With ``between_steps=N`` and a budget plan, also N epochs after each step of the plan (its
         pruning, each factorization; ``report.finetune["between_steps"]``), before the final epochs.
+        With ``stages=(s1, s2, ...)`` and a budget, the budget is reached progressively: planned and
+        applied at each fraction of the way (log scale), each stage followed by ``stage_epochs``
+        epochs (``report.finetune["stages"]``, and with ``val_data`` the accuracy after each stage
+        before and after its recovery in ``report.accuracy["stages"]``), then the final epochs.
     budget : Budget, optional
         Adds the ``budget`` pass before ``fuse`` (or last): per layer, keep, factorize (method and
         rank) or prune (ratio), chosen by the cost model of the OpenCL device (its calibration profile
@@ -185,7 +189,15 @@ def compile(
         pipeline = load_pipeline(pipeline)
         if any(p.name == "budget" for p in pipeline):
             cal = Calibration.from_batches(model, train_data, where="train_data")
-            pipeline = [_with(p, calibration=cal) if p.name == "budget" and p.calibration is None else p for p in pipeline]
+            probing = replace(finetune or FineTune(), epochs=1, batches=(finetune or FineTune()).probe_batches,
+                              progress=False, stages=(), between_steps=0)
+
+            def probe(g) -> None:  # a short distillation fine-tune of a candidate plan (no validation)
+                run_finetune(g, model, train_data, None, config=probing)
+
+            extra = {"probe": probe, "probes": probing.probes} if probing.probes else {}
+            pipeline = [_with(p, calibration=cal, **(extra if p.probe is None else {}))
+                        if p.name == "budget" and p.calibration is None else p for p in pipeline]
     between: list[dict] = []
     if finetune is not None and finetune.between_steps:
         pipeline = load_pipeline(pipeline)
@@ -199,17 +211,41 @@ def compile(
 
         # copies: the caller's pass objects are not left holding this call's model and data
         pipeline = [_with(p, recover=recover) if p.name == "budget" else p for p in pipeline]
+    held_out = Calibration.from_batches(model, val_data, images=10**9, where="val_data") if val_data is not None else None
+    stages: list[dict] = []
+    if finetune is not None and finetune.stages:
+        pipeline = load_pipeline(pipeline)
+        if not any(p.name == "budget" for p in pipeline):
+            raise FineTuneError("FineTune.stages reaches a budget in stages: give budget= or a pipeline with a "
+                                "'budget' pass, or leave stages empty")
+        if any(p.stages for p in pipeline if p.name == "budget"):
+            raise FineTuneError("the pipeline's budget pass has stages of its own; give them there or in FineTune.stages, "
+                                "not both")
+        stage_config = replace(finetune, epochs=finetune.stage_epochs)
+
+        def recover_stage(g, stage: str) -> None:
+            row = {"after": stage, **({"compressed": held_out.metrics(g)} if held_out is not None else {})}
+            row["finetune"] = run_finetune(g, model, train_data, val_data, config=stage_config).to_dict()
+            if held_out is not None:
+                row["recovered"] = held_out.metrics(g)
+            stages.append(row)
+
+        pipeline = [_with(p, stages=finetune.stages, recover_stage=recover_stage) if p.name == "budget" else p
+                    for p in pipeline]
     gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target
-    held_out = Calibration.from_batches(model, val_data, images=10**9, where="val_data") if val_data is not None else None
     if held_out is not None:
         report.accuracy = {"images": held_out.images, "original": held_out.metrics(model), "compressed": held_out.metrics(gm)}
+        if stages:
+            report.accuracy["stages"] = [{k: v for k, v in st.items() if k != "finetune"} for st in stages]
     if finetune is not None:
         report.finetune = run_finetune(gm, model, train_data, val_data, config=finetune).to_dict()
         if between:
             report.finetune["between_steps"] = between
+        if stages:
+            report.finetune["stages"] = [{"after": st["after"], **st["finetune"]} for st in stages]
         if held_out is not None:
             report.accuracy["recovered"] = held_out.metrics(gm)
     runner = backend.prepare(gm, inputs, report)

@@ -78,18 +78,15 @@ class Plan:
     budget: dict = field(default_factory=dict)
     predicted: dict = field(default_factory=dict)  # before/after: latency_ms, params, macs, error proxy
     prune: dict[str, float] = field(default_factory=dict)
+    # a progressive plan's earlier stages, in order, each {"layers": ..., "prune": ...} on the model as
+    # the stage before left it; this plan's own layers and prune are its last stage
+    stages: list[dict] = field(default_factory=list)
 
     def pipeline(self) -> list[dict]:
-        """The passes that apply this plan: one prune_channels pass for the pruned groups (first: a
-        rank is a fraction of what pruning leaves), then one factorize pass per method, each touching
-        only its layers."""
-        out = [{"name": "prune_channels", "ratio": 0.0, "overrides": dict(sorted(self.prune.items())),
-                "round_to": PRUNE_ROUND_TO}] if self.prune else []
-        by_method: dict[str, dict[str, object]] = {}
-        for path, choice in sorted(self.layers.items()):
-            by_method.setdefault(choice["method"], {})[path] = choice["rank"]
-        return out + [{"name": "factorize", "method": m, "overrides": {**paths, "*": "skip"}, "skip_first": False,
-                       "skip_last": False} for m, paths in sorted(by_method.items())]
+        """The passes that apply this plan: per stage, one prune_channels pass for the pruned groups
+        (first: a rank is a fraction of what pruning leaves), then one factorize pass per method,
+        each touching only its layers."""
+        return [p for st in (*self.stages, {"layers": self.layers, "prune": self.prune}) for p in _stage_passes(**st)]
 
     def to_json(self) -> str:
         return json.dumps({"version": 1, **asdict(self)}, indent=1, sort_keys=True)
@@ -105,11 +102,31 @@ class Plan:
             raise BudgetError(f"cannot read plan '{path}': {e}") from e
         if not isinstance(d, dict) or d.get("version") != 1 or not isinstance(d.get("layers"), dict):
             raise BudgetError(f"'{path}' is not a version-1 fxcompress plan")
-        for p, c in d["layers"].items():
-            if not isinstance(c, dict) or set(c) != {"method", "rank"}:
-                raise BudgetError(f"plan '{path}': layer '{p}' must be {{'method': ..., 'rank': ...}}, got {c!r}")
-        prune = d.get("prune", {})
-        for p, r in (prune.items() if isinstance(prune, dict) else [("prune", prune)]):
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
-                raise BudgetError(f"plan '{path}': prune['{p}'] must be a ratio in (0, 1), got {r!r}")
-        return cls(layers=d["layers"], budget=d.get("budget", {}), predicted=d.get("predicted", {}), prune=prune)
+        stages = d.get("stages", [])
+        if not isinstance(stages, list) or not all(isinstance(st, dict) and set(st) == {"layers", "prune"} for st in stages):
+            raise BudgetError(f"plan '{path}': stages must be a list of {{'layers': ..., 'prune': ...}}")
+        for where, st in [(f"stages[{i}]", st) for i, st in enumerate(stages)] + [("", d)]:
+            _check_stage(st.get("layers"), st.get("prune", {}), f"plan '{path}'" + (f" {where}" if where else ""))
+        return cls(layers=d["layers"], budget=d.get("budget", {}), predicted=d.get("predicted", {}),
+                   prune=d.get("prune", {}), stages=stages)
+
+
+def _check_stage(layers, prune, where: str) -> None:
+    if not isinstance(layers, dict):
+        raise BudgetError(f"{where}: layers must be a table of layer paths")
+    for p, c in layers.items():
+        if not isinstance(c, dict) or set(c) != {"method", "rank"}:
+            raise BudgetError(f"{where}: layer '{p}' must be {{'method': ..., 'rank': ...}}, got {c!r}")
+    for p, r in (prune.items() if isinstance(prune, dict) else [("prune", prune)]):
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+            raise BudgetError(f"{where}: prune['{p}'] must be a ratio in (0, 1), got {r!r}")
+
+
+def _stage_passes(layers: dict[str, dict], prune: dict[str, float]) -> list[dict]:
+    out = [{"name": "prune_channels", "ratio": 0.0, "overrides": dict(sorted(prune.items())),
+            "round_to": PRUNE_ROUND_TO}] if prune else []
+    by_method: dict[str, dict[str, object]] = {}
+    for path, choice in sorted(layers.items()):
+        by_method.setdefault(choice["method"], {})[path] = choice["rank"]
+    return out + [{"name": "factorize", "method": m, "overrides": {**paths, "*": "skip"}, "skip_first": False,
+                   "skip_last": False} for m, paths in sorted(by_method.items())]

@@ -118,6 +118,9 @@ class CompileReport:
             key = "accuracy" if "accuracy" in a["original"] else "agreement"
             lines.append(f"  {key} on {a['images']} validation images: " + ", ".join(
                 f"{k} {100 * m[key]:.2f}%" for k, m in stages))
+            for st in a.get("stages", ()):
+                lines.append(f"    after {st['after']}: " + ", ".join(
+                    f"{k} {100 * st[k][key]:.2f}%" for k in ("compressed", "recovered") if k in st))
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 

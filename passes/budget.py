@@ -60,6 +60,7 @@ from compiler.target import Target
 
 from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _least_rank, _measured_ms, _method,
                            _over, _plan, _predicted_ms, _price, _prune, _rel_err, _run, _totals)
+from .factor_layers import FactorChain
 from .factorize import Factorize, _capture_inputs
 from .prune_channels import PruneChannels
 from .pruning.depgraph import analyse
@@ -81,6 +82,8 @@ MEASURED_ROUNDS = 2
 # and factorized one of them again at rank 6x6 started its fine-tune at 9% and ended 6 points down.
 MIN_CHANNELS = 16
 MIN_RANK = 8
+# With data and a probe fine-tune, the plans with the least calibration error that are checked by it.
+PROBES = 3
 
 
 class BudgetPass(Pass, name="budget"):
@@ -96,8 +99,23 @@ class BudgetPass(Pass, name="budget"):
                  recover: Callable[[fx.GraphModule, str], object] | None = None,
                  measure: bool | None = None, measure_span_s: float = 10.0,
                  min_channels: int = MIN_CHANNELS, min_rank: int = MIN_RANK, stack: bool = False,
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, stages: tuple[float, ...] = (),
+                 recover_stage: Callable[[fx.GraphModule, str], object] | None = None,
+                 probe: Callable[[fx.GraphModule], object] | None = None, probes: int = PROBES) -> None:
         self.budget = Budget.from_dict(budget)
+        self.stages = check_stages(stages, "budget stages")
+        if self.stages and self.budget.max_output_error is not None:
+            raise PipelineError("budget stages and max_output_error do not mix: each stage's output error is against "
+                                "the stage before it; bound the final error with fewer stages or without the bound")
+        if recover_stage is not None and not callable(recover_stage):
+            raise PipelineError(f"budget recover_stage must be a callable (gm, stage name), got "
+                                f"{type(recover_stage).__name__}; compile(finetune=FineTune(stages=...)) makes one")
+        self.recover_stage = recover_stage
+        if probe is not None and not callable(probe):
+            raise PipelineError(f"budget probe must be a callable (gm) that fine-tunes it briefly, got {type(probe).__name__}")
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+            raise PipelineError(f"budget probes must be an int >= 0, got {probes!r}")
+        self.probe, self.probes = probe, probes
         for what, v in (("min_channels", min_channels), ("min_rank", min_rank)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PipelineError(f"budget {what} must be an int >= 1, got {v!r}")
@@ -138,6 +156,45 @@ class BudgetPass(Pass, name="budget"):
         return CostModel(Target.preset(self.target))
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        return self._staged(gm, ctx) if self.stages else self._once(gm, ctx)
+
+    def _staged(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        """The budget reached in ``stages``: at fraction ``s`` of the way (on a log scale: a 10x params
+        budget passes 2x at 0.3 and 4x at 0.6) a plan is made and applied to the model as the stage
+        before left it, then ``recover_stage(gm, name)`` runs (a short fine-tune, from compile()),
+        and the last stage meets the budget itself. A later stage may prune what an earlier one
+        pruned or factorized (a factor chain's inner channels: its rank), never factorize a factor."""
+        cm = self.cost_model()
+        origin = _totals(gm, cm, ctx)
+        fractions = (*self.stages, 1.0)
+        stages, details, refusals, warnings, plans = [], [], {}, [], []
+        for k, s in enumerate(fractions, 1):
+            name = f"stage {k} of {len(fractions)}"
+            one = copy.copy(self)
+            one.stages, one.plan_path = (), None
+            one.budget = stage_budget(self.budget, s, origin, _totals(gm, cm, ctx))
+            log.info("budget: %s at %.2f of the way: %s", name, s, one.budget)
+            res = one._once(gm, ctx)
+            plans.append(one.plan)
+            details += [{"stage": k, **d} for d in res.details]
+            refusals.update({(r.node, r.reason): r for r in res.refusals})
+            warnings += [f"{name}: {w}" for w in res.warnings]
+            stages.append({"stage": k, "fraction": s, "budget": {q: v for q, v in vars(one.budget).items() if v is not None},
+                           "plan": one.plan.layers, "prune": one.plan.prune, "after": one.plan.predicted["after"]})
+            if s < 1.0 and self.recover_stage is not None:
+                self.recover_stage(gm, name)
+        final = plans[-1]
+        final.stages = [{"layers": p.layers, "prune": p.prune} for p in plans[:-1]]
+        final.budget = {k: v for k, v in vars(self.budget).items() if v is not None}
+        final.predicted["before"] = origin
+        self.plan = final
+        if self.plan_path:
+            final.save(self.plan_path)
+        summary = {**res.summary, "before": origin, "stages": stages}
+        return PassResult(modified=any(p.layers or p.prune for p in plans), matches=sum(len(p.layers) + len(p.prune) for p in plans),
+                          refusals=list(refusals.values()), details=details, summary=summary, warnings=warnings)
+
+    def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         cm = self.cost_model()
         nodes, refusals = self._layers(gm)
         inputs = _capture_inputs(gm, nodes, ctx.example_inputs)
@@ -415,6 +472,10 @@ class BudgetPass(Pass, name="budget"):
         calls = call_counts(gm)
         out, refusals = [], []
         for i, n in enumerate(all_layers):
+            parent = gm.get_submodule(n.target.rpartition(".")[0])
+            if isinstance(parent, FactorChain):  # factorizing a factor stacks two losses on one layer
+                refusals.append(Refusal(n.name, f"kept: a factor of the factorized layer '{n.target.rpartition('.')[0]}'"))
+                continue
             rule = Factorize(method=_method(gm.get_submodule(n.target)), skip_first=self.skip_first,
                              skip_last=self.skip_last)
             _, reason = rule._choose(gm, n, i, len(all_layers), calls, set())
@@ -451,7 +512,10 @@ class BudgetPass(Pass, name="budget"):
         """The allocation's ``picks`` against the uniform plans at the same limits (every channel group
         pruned at one ratio, every layer factorized at one rank fraction, and each pair of those), by
         the calibration error of the plan applied to a copy: the better one is kept. An allocation
-        that loses to a uniform recipe has mis-read its per-layer scores, and the data say so."""
+        that loses to a uniform recipe has mis-read its per-layer scores, and the data say so.
+        With ``probe`` (a short fine-tune, from compile()), the ``probes`` best are each applied to a
+        copy, fine-tuned briefly, and scored again: what a plan loses that fine-tuning wins back does
+        not count against it (HTD, Hardware-aware Tucker Decomposition, checks its candidates so)."""
         def uniform(choice) -> dict[str, Candidate]:
             out = {}
             for p, t in tables.items():
@@ -464,21 +528,31 @@ class BudgetPass(Pass, name="budget"):
         plans += [(f"uniform rank {q:g}", uniform(lambda p, c, q=q: c.get("rank") == q)) for q in self.ranks]
         plans += [(f"uniform prune {r:g} + rank {q:g}", uniform(lambda p, c, r=r, q=q: c.get("prune") == r or c.get("rank") == q))
                   for r in self.prune_ratios for q in self.ranks]
-        best = (self.calibration.error(_applied(gm, picks, ctx)), allocator, picks)
-        tried = []
+        own = self.calibration.error(_applied(gm, picks, ctx))
+        scored = [(own, allocator, picks)]
         for name, plan in plans:
             if not plan:
                 continue
             trial = _applied(gm, plan, ctx)
             if _over(_totals(trial, cm, ctx), limits):
                 continue
-            err = self.calibration.error(trial)
-            tried.append((name, err))
-            if err < best[0]:
-                best = (err, name, plan)
+            scored.append((self.calibration.error(trial), name, plan))
+        scored.sort(key=lambda t: t[0])
         log.info("budget: the allocation's plan (%s) scores %.4g; uniform plans within the limits: %s", allocator,
-                 self.calibration.error(_applied(gm, picks, ctx)), tried)
-        self._uniform = {"allocation": allocator, "tried": dict(tried), "kept": best[1]}
+                 own, [(n, e) for e, n, _ in scored if n != allocator])
+        self._uniform = {"allocation": allocator, "tried": {n: e for e, n, _ in scored if n != allocator}}
+        best = scored[0]
+        if self.probe is not None and self.probes > 1 and len(scored) > 1:
+            probed = []
+            for _, name, plan in tqdm(scored[:self.probes], desc="budget: probe fine-tunes", disable=not self.progress,
+                                      leave=False):
+                trial = _applied(gm, plan, ctx)
+                self.probe(trial)
+                probed.append((self.calibration.error(trial), name, plan))
+            log.info("budget: after a probe fine-tune: %s", [(n, e) for e, n, _ in probed])
+            self._uniform["probed"] = {n: e for e, n, _ in probed}
+            best = min(probed, key=lambda t: t[0])
+        self._uniform["kept"] = best[1]
         return best[2], best[1]
 
     def _stacked(self, picks: dict[str, Candidate]) -> set[str]:
@@ -511,6 +585,30 @@ class BudgetPass(Pass, name="budget"):
             if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
                 slower.add(n.target)
         return slower
+
+
+def check_stages(stages, what: str) -> tuple[float, ...]:
+    """``stages`` as a tuple of increasing fractions in (0, 1), or a PipelineError naming ``what``."""
+    if isinstance(stages, (int, float)) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in stages):
+        raise PipelineError(f"{what} must be a sequence of fractions in (0, 1), got {stages!r}")
+    out = tuple(float(s) for s in stages)
+    if any(not 0 < s < 1 for s in out) or any(a >= b for a, b in zip(out, out[1:])):
+        raise PipelineError(f"{what} must be increasing fractions in (0, 1) (the last stage, 1, meets the budget "
+                            f"itself), got {list(out)}")
+    return out
+
+
+def stage_budget(b: Budget, s: float, origin: dict[str, float], now: dict[str, float]) -> Budget:
+    """The budget at fraction ``s`` of the way from the original's totals ``origin`` to ``b``, on a
+    log scale, for a model whose totals are now ``now``: params and MACs absolute, latency as a ratio
+    of the model as it is now (so the device check of each stage times that model), at most 1."""
+    def part(limit: float, base: float) -> float:
+        return base * (min(limit, base) / base) ** s
+
+    goal = b.latency_goal(origin["ms"])
+    return Budget(latency_ratio=min(1.0, part(goal, origin["ms"]) / now["ms"]) if goal is not None else None,
+                  params=max(1, int(part(b.params, origin["params"]))) if b.params is not None else None,
+                  macs=max(1, int(part(b.macs, origin["macs"]))) if b.macs is not None else None)
 
 
 def _reshaped(gm: fx.GraphModule, pruned: fx.GraphModule) -> set[str]:

@@ -15,6 +15,12 @@ from compiler.ops import TTLinear
 SEPARABLE = ("spatial_svd", "cp", "tt")  # methods that split the kernel into (kh x 1) and (1 x kw) convs
 
 
+class FactorChain(nn.Sequential):
+    """The layers one factorization put in place of one layer (its submodule in the graph module;
+    the graph calls each factor itself). The type marks the factors, so a budget planned again on the
+    result (a later stage of a progressive plan) does not factorize a factor."""
+
+
 def explicit_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     """Per-axis symmetric padding of ``conv``; None for an asymmetric 'same' (even kernel)."""
     if conv.padding == "valid":

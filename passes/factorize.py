@@ -41,7 +41,7 @@ from compiler.trace import propagate_shapes
 
 from .decompose import METHODS, for_layer, parse_rank, resolve_ranks
 from .decompose.methods import METHOD_NAMES
-from .factor_layers import SEPARABLE, build_chain, explicit_padding
+from .factor_layers import SEPARABLE, FactorChain, build_chain, explicit_padding
 
 SKIP = "skip"
 
@@ -206,7 +206,7 @@ def _output_error(layer: nn.Module, chain: list[nn.Module], x: torch.Tensor | No
 
 
 def _replace(gm: fx.GraphModule, n: fx.Node, chain: list[nn.Module]) -> list[fx.Node]:
-    set_submodule(gm, n.target, nn.Sequential(*chain))
+    set_submodule(gm, n.target, FactorChain(*chain))
     x = n.args[0]
     new = []
     with gm.graph.inserting_before(n):

@@ -498,9 +498,17 @@ def test_budget_with_data_scores_by_kl_keeps_floors_and_the_report_prints_accura
     assert s["calibration"]["before"]["kl"] == pytest.approx(0, abs=1e-6) and s["calibration"]["before"]["agreement"] == 1
     assert s["calibration"]["after"]["kl"] > 0 and "accuracy" in s["calibration"]["after"]
     assert set(s["uniform"]["tried"]) and s["uniform"]["kept"]
-    convs = {p: m for p, m in cm.graph_module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    widths = [m.out_channels for m in convs.values() if isinstance(m, nn.Conv2d)]
+    assert 1 < len(s["uniform"]["probed"]) <= 3 and s["uniform"]["kept"] in s["uniform"]["probed"]  # probe fine-tunes
+    from passes.factor_layers import FactorChain
+
+    gm = cm.graph_module
+    unfactored = [m for p, m in gm.named_modules() if isinstance(m, nn.Conv2d)
+                  and not isinstance(gm.get_submodule(p.rpartition(".")[0]), FactorChain)]
+    widths = [m.out_channels for m in unfactored]
     assert min(widths) >= 16  # the 0.8 pruning (64 -> 16 would pass; 32 -> 8 would not)
+    ranks = [m.out_channels for p, m in gm.named_modules() if isinstance(m, nn.Conv2d) and p.endswith(".0")
+             and isinstance(gm.get_submodule(p.rpartition(".")[0]), FactorChain)]
+    assert all(r >= 8 for r in ranks)  # min_rank
     assert 0.8 not in s["prune"].values() or all(w >= 16 for w in widths)
     for path, choice in s["plan"].items():  # rank 0.1 of 64 channels is 6, under the floor: never offered
         assert choice["rank"] != 0.1
@@ -529,3 +537,54 @@ def test_layer_table_prints_rows_of_different_columns():
                          {"layer": "b", "method": "svd", "params_before": 10, "params_after": 5}])
     assert any("layers" in ln for ln in lines) and any("method" in ln for ln in lines)
     assert any("10 -> 5 (2.00x)" in ln for ln in lines)
+
+
+def test_progressive_stages_reach_the_budget_with_recovery_between_and_the_staged_plan_replays(tmp_path):
+    """FineTune(stages=...): the budget planned and applied at each fraction of the way (log scale),
+    each stage recovered; the last stage meets the budget; no factor is factorized again; the report
+    states accuracy after each stage; the saved plan replays every stage on the original."""
+    from compiler.finetune import FineTune
+    from passes.budget import BudgetPass, stage_budget
+    from passes.factor_layers import FactorChain
+
+    b = Budget(params=1000, latency_ratio=0.25)
+    origin, now = {"ms": 8.0, "params": 100_000, "macs": 1}, {"ms": 4.0, "params": 10_000, "macs": 1}
+    half = stage_budget(b, 0.5, origin, now)
+    assert half.params == 10_000 and half.latency_ratio == pytest.approx(4.0 / 4.0)  # sqrt of 100x; 8 * 0.5 = 4 ms
+    assert stage_budget(b, 1.0, origin, now).latency_ratio == pytest.approx(0.5)  # 2 ms of the 4 now
+
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(4)]
+    p0 = sum(p.numel() for p in model.parameters())
+    plan_path = tmp_path / "plan.json"
+    planner = BudgetPass(budget=Budget(params=p0 // 4), target=CPU, ranks=(0.5, 0.25), prune_ratios=(0.25, 0.5),
+                         min_channels=8, min_rank=4, plan_path=str(plan_path))
+    cm = compiler.compile(model, x, pipeline=["cleanup", planner, "fuse"], train_data=data, val_data=data[:2],
+                          finetune=FineTune(epochs=1, stages=(0.5,), stage_epochs=1, progress=False))
+    assert planner.stages == () and planner.recover_stage is None  # the caller's pass is untouched
+    s = _budget_row(cm).summary
+    assert [st["stage"] for st in s["stages"]] == [1, 2]
+    assert s["stages"][0]["budget"]["params"] == int(p0 * ((p0 // 4) / p0) ** 0.5)  # half way, log scale: 2x
+    assert s["stages"][0]["plan"] or s["stages"][0]["prune"]  # each stage compresses
+    assert s["stages"][1]["plan"] or s["stages"][1]["prune"]
+    assert s["stages"][0]["after"]["params"] <= s["stages"][0]["budget"]["params"]
+    assert sum(p.numel() for p in cm.graph_module.parameters()) <= p0 // 4
+    for path, m in cm.graph_module.named_modules():  # no factor of a factor
+        if isinstance(m, FactorChain):
+            assert not any(isinstance(c, FactorChain) for c in m.children())
+    a = cm.report.accuracy
+    assert [st["after"] for st in a["stages"]] == ["stage 1 of 2"]
+    assert {"compressed", "recovered"} <= set(a["stages"][0])
+    assert [st["after"] for st in cm.report.finetune["stages"]] == ["stage 1 of 2"]
+    assert re.search(r"after stage 1 of 2: compressed \d+\.\d\d%, recovered \d+\.\d\d%", str(cm.report))
+    plan = Plan.load(plan_path)
+    assert len(plan.stages) == 1 and plan.pipeline()[0]["name"] in ("prune_channels", "factorize")
+    replayed = compiler.compile(model, x, pipeline=["cleanup", *plan.pipeline(), "fuse"], verify=False)
+    assert sum(p.numel() for p in replayed.graph_module.parameters()) == sum(p.numel() for p in cm.graph_module.parameters())
+    with pytest.raises(compiler.FineTuneError, match="increasing fractions"):
+        FineTune(stages=(0.6, 0.3))
+    with pytest.raises(compiler.PipelineError, match="increasing fractions"):
+        BudgetPass(budget=Budget(params=10), stages=(1.0,))
+    with pytest.raises(compiler.FineTuneError, match="stages reaches a budget in stages"):
+        compiler.compile(model, x, train_data=data, finetune=FineTune(epochs=1, stages=(0.5,), progress=False))

@@ -147,6 +147,31 @@ def test_same_seed_same_weights_other_seed_other_weights():
     assert ra.history[1].train_loss < ra.history[0].train_loss
 
 
+def test_warmup_then_cosine_and_a_batch_cap_per_epoch():
+    from compiler.finetune.loop import lr_lambda
+
+    f = lr_lambda(10, 0.2)
+    assert [f(0), f(1), f(2)] == [0.5, 1.0, 1.0] and f(9) < 0.1 and f(5) == pytest.approx(0.5 * (1 + np.cos(np.pi * 3 / 8)))
+    g = lr_lambda(8, 0.0)  # no warm-up: CosineAnnealingLR's factors
+    assert [g(t) for t in range(8)] == pytest.approx([0.5 * (1 + np.cos(np.pi * t / 8)) for t in range(8)])
+    teacher, data = synthetic(256)
+
+    class Counted(list):
+        drawn = 0
+
+        def __iter__(self):
+            for b in super().__iter__():
+                Counted.drawn += 1
+                yield b
+
+    loader = Counted(DataLoader(data, batch_size=32))
+    s = student()
+    r = finetune(s, teacher, loader, config=FineTune(epochs=2, batches=3, warmup=0.5, lr=1e-2, **QUIET))
+    lrs = [h.lr for h in r.history]
+    assert Counted.drawn == 2 * 3  # 3 of the 8 batches per epoch
+    assert lrs == pytest.approx([1e-2, 0.0], abs=1e-9)  # 6 steps: 3 of warm-up up to 1e-2, then the cosine to 0
+
+
 def test_early_stopping_restores_the_best_epoch():
     teacher, data = synthetic()
     x, y = data.tensors
@@ -321,6 +346,10 @@ def test_real_fashion_mnist_files():
         (lambda p: FineTune(alpha=1.5), FineTuneError, "alpha must be in [0, 1]"),
         (lambda p: FineTune(temperature=0), FineTuneError, "temperature must be a finite number > 0"),
         (lambda p: FineTune(features=["fc"]), FineTuneError, "features must be a tuple"),
+        (lambda p: FineTune(warmup=1.0), FineTuneError, "warmup is a fraction of the batches in [0, 1)"),
+        (lambda p: FineTune(batches=0), FineTuneError, "batches must be None or an int >= 1"),
+        (lambda p: FineTune(stages=(0.5, 0.5)), FineTuneError, "stages must be a tuple of increasing fractions"),
+        (lambda p: FineTune(probes=-1), FineTuneError, "probes must be an int >= 0"),
     ],
 )
 def test_typed_errors(tmp_path, call, error, message):

@@ -33,6 +33,7 @@ class FineTune:
     epochs: int = 3
     lr: float = 1e-3  # suits adamw; sgd (momentum 0.9) wants about 1e-2
     optimizer: str = "adamw"
+    warmup: float = 0.0  # fraction of the batches with a linear warm-up of the learning rate, before the cosine
     temperature: float = 4.0  # Hinton et al. use 2-20; 4 softens a 10-class output without flattening it
     alpha: float = 0.9  # weight of the teacher's soft targets; the rest goes to the labels' cross-entropy
     patience: int = 2  # epochs without a better validation loss before stopping (needs a val loader)
@@ -42,9 +43,19 @@ class FineTune:
     feature_weight: float = 1.0
     progress: bool = True  # tqdm bar (rank 0 only); False for scripts and tests
     between_steps: int = 0  # with a budget plan in compile(): epochs after each of its steps (pruning, each factorization)
+    # with a budget in compile(): reach it progressively, planning again at each fraction of the way (log
+    # scale: for a 10x params budget (0.3, 0.6) stops at 2x and 4x), each stage followed by stage_epochs
+    stages: tuple[float, ...] = ()
+    stage_epochs: int = 1
+    batches: int | None = None  # at most this many batches per epoch (None: all); a probe fine-tune takes a few
+    # with a budget and data in compile(): the plans with the least calibration error that a probe
+    # fine-tune of probe_batches batches checks before one is kept (0: none)
+    probes: int = 3
+    probe_batches: int = 50
 
     def __post_init__(self) -> None:
-        for name, lo in (("epochs", 1), ("between_steps", 0), ("patience", 1)):
+        for name, lo in (("epochs", 1), ("between_steps", 0), ("patience", 1), ("stage_epochs", 1), ("probes", 0),
+                         ("probe_batches", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise FineTuneError(f"FineTune {name} must be an int >= {lo}, got {v!r}")
@@ -58,8 +69,16 @@ class FineTune:
             v = getattr(self, name)
             if not _real(v) or not 0 <= v < math.inf:
                 raise FineTuneError(f"FineTune {name} must be a finite number >= 0, got {v!r}")
+        if not _real(self.warmup) or not 0 <= self.warmup < 1:
+            raise FineTuneError(f"FineTune warmup is a fraction of the batches in [0, 1), got {self.warmup!r}")
         if not _real(self.alpha) or not 0 <= self.alpha <= 1:
             raise FineTuneError(f"FineTune alpha must be in [0, 1], got {self.alpha!r}")
+        if self.batches is not None and (isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1):
+            raise FineTuneError(f"FineTune batches must be None or an int >= 1, got {self.batches!r}")
+        if not isinstance(self.stages, tuple) or not all(_real(v) and 0 < v < 1 for v in self.stages) \
+                or any(a >= b for a, b in zip(self.stages, self.stages[1:])):
+            raise FineTuneError(f"FineTune stages must be a tuple of increasing fractions in (0, 1) (the last stage, 1, "
+                                f"is the budget itself), got {self.stages!r}")
         if not isinstance(self.features, tuple):
             raise FineTuneError(f"FineTune features must be a tuple, got {type(self.features).__name__}")
         for f in self.features:

@@ -15,6 +15,7 @@ Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts", 201
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -106,8 +107,9 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    per_epoch = len(loader) if config.batches is None else min(config.batches, len(loader))
+    steps = config.epochs * per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, config.warmup))
     teacher.eval()
 
     history: list[EpochStats] = []
@@ -124,7 +126,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
             set_epoch(epoch)
             model.train()
             loss_sum = hits = seen = 0.0
-            for batch in loader:
+            for batch in itertools.islice(loader, per_epoch):
                 inputs, labels = split_batch(batch, "train_loader")
                 with torch.no_grad():
                     t_logits = logits_of(teacher(*inputs), "teacher")
@@ -165,6 +167,18 @@ def _run(student: nn.Module, teacher: nn.Module, train_loader: Iterable, val_loa
     return FineTuneResult(history=tuple(history) if ctx.rank == 0 else (), best_epoch=best_epoch,
                           stopped_early=stopped, world_size=ctx.world, rank=ctx.rank,
                           start_val_loss=start_loss, start_val_acc=start_acc)
+
+
+def lr_lambda(steps: int, warmup: float):
+    """The learning-rate factor at each batch: linear warm-up over the first ``warmup`` fraction of
+    the ``steps``, then cosine from 1 to 0 (``CosineAnnealingLR`` with ``eta_min=0`` over the rest)."""
+    w = int(round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * min(step - w, steps - w) / max(steps - w, 1)))
+    return factor
 
 
 def _snapshot(student: nn.Module) -> dict[str, torch.Tensor]:
