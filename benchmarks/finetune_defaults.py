@@ -27,8 +27,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import markdown_table  # noqa: E402
 
@@ -38,10 +36,10 @@ from compiler.analysis import count_params  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune, finetune  # noqa: E402
-from fashion_mnist import evaluate, resnet, small_cnn, trained, vgg5  # noqa: E402
+from fashion_mnist import REFERENCES, evaluate, reference  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
-MODELS = {"small_cnn": small_cnn, "vgg5": vgg5, "resnet8": lambda: resnet(8)}
+MODELS = REFERENCES
 SETTINGS = {
     "default": {},
     "lr=3e-4": {"lr": 3e-4},
@@ -56,9 +54,7 @@ PIPELINE = ["cleanup", "fold_bn", {"name": "prune_channels", "ratio": 0.5}]
 
 
 def run(name: str, loaders, settings: list[str], epochs: int) -> list[dict]:
-    torch.manual_seed(0)
-    model = MODELS[name]()
-    trained(name, model, loaders.train.dataset, epochs=3, cache=CACHE)
+    model = reference(name, loaders.train.dataset, cache=CACHE)
     acc0 = evaluate(model, loaders.test)[1]
     x = next(iter(loaders.val))[0]
     compressed = compiler.compile(model, (x,), pipeline=PIPELINE).graph_module

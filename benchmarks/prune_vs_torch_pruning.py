@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -c constraints.txt torch-pruning==1.6.1     # bench-only; see requirements.txt
     .venv/bin/python benchmarks/prune_vs_torch_pruning.py [--zoo all|timm|torchvision] [--quick]
-                     [--models timm:a,torchvision:b] [--ratios 0.3,0.5] [--repeats N] [--json out.json]
+                     [--models timm:a,torchvision:b] [--ratios 0.3,0.5] [--repeats N] [--json out.json [--resume]]
 
 Both tools get the same zoo model - the torchvision zoo (``compiler.zoo.build``) and the timm zoo
 (``compiler.zoo.build_timm``: ``TIMM_ZOO``, the tuning set, and ``TIMM_HOLDOUT``, held out) - with
@@ -302,6 +302,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="latency repeats (default 20, 5 with --quick)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--json", help="write raw results here (atomically, after every run)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in --json and run only the missing (model, ratio, tool) ones")
     ap.add_argument("--mem-limit-gb", type=float, default=6.0, help="address-space cap per run (default 6)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: model:tool:ratio, run in this process
     args = ap.parse_args()
@@ -327,10 +329,20 @@ def main() -> None:
     ratios = [float(r) for r in args.ratios.split(",")]
 
     results: list[Result] = []
+    if args.resume:
+        if not args.json:
+            sys.exit("--resume continues the runs in --json FILE; give --json")
+        try:
+            results = [r for r in json.loads(Path(args.json).read_text()) if r["model"] in models and r["ratio"] in ratios]
+        except FileNotFoundError:
+            results = []
+    done = {(r["model"], r["ratio"], r["tool"]) for r in results}
     t0 = time.perf_counter()
     for name in (bar := tqdm(models, desc="models", unit="model")):
         for ratio in ratios:
             for tool in TOOLS:  # interleaved, so machine drift hits both tools alike
+                if (name, ratio, tool) in done:
+                    continue
                 bar.set_postfix_str(f"{name} {ratio} {tool}")
                 results.append(r := spawn(name, tool, ratio, repeats, args.mem_limit_gb))
                 if not r["ok"]:

@@ -39,18 +39,16 @@ from compiler.analysis import count_params  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune  # noqa: E402
-from fashion_mnist import evaluate, small_cnn, trained, vgg5  # noqa: E402
+from fashion_mnist import evaluate, reference  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
 
 
-MODELS = {"vgg5": (vgg5, "holdout"), "small_cnn": (small_cnn, "tuning")}
+MODELS = {"vgg5": "holdout", "small_cnn": "tuning"}
 
 
 def run(name: str, loaders, epochs: int) -> dict:
-    torch.manual_seed(0)
-    model = MODELS[name][0]()
-    trained(name, model, loaders.train.dataset, epochs=3, cache=CACHE)
+    model = reference(name, loaders.train.dataset, cache=CACHE)
     acc0 = evaluate(model, loaders.test)[1]
     x = next(iter(DataLoader(loaders.train.dataset, batch_size=256)))[0]
     p0 = count_params(model)
@@ -64,7 +62,7 @@ def run(name: str, loaders, epochs: int) -> dict:
     with torch.no_grad():
         ms = best_block_ms({"original": lambda: base(x), "compressed": lambda: cm(x)}, rounds=4, per_block=5)
     s = cm.report.row("budget").summary
-    return {"model": name, "set": MODELS[name][1], "params_before": p0, "params_after": count_params(cm.graph_module),
+    return {"model": name, "set": MODELS[name], "params_before": p0, "params_after": count_params(cm.graph_module),
             "acc_before": acc0, "acc_after": acc1, "ms_before": ms["original"], "ms_after": ms["compressed"],
             "compile_s": seconds, "plan": s["plan"], "prune": s["prune"], "uniform": s.get("uniform"),
             "accuracy": cm.report.accuracy}

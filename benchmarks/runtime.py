@@ -15,7 +15,7 @@ families against this machine's roofline: the FMA peak (``probe.fma_peak_gflops`
 our GEMM and torch's (oneDNN) at 1024^3; and the compile time of a new process with an empty program
 cache (cold) and with a primed one (warm).
 
-    .venv/bin/python benchmarks/runtime.py [--quick] [--repeats N] [--json out.json]
+    .venv/bin/python benchmarks/runtime.py [--quick] [--repeats N] [--models a,b] [--points 224x8,32x1] [--json out.json]
 """
 from __future__ import annotations
 
@@ -106,14 +106,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="224x224 batch 8 and 32x32 batch 1 only, fewer repeats")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--models", help=f"comma-separated, of {list(MODELS)} (default: all)")
+    ap.add_argument("--points", help="comma-separated SIZExBATCH, e.g. 224x8,32x1 (default: by --quick)")
     args = ap.parse_args()
+    models = args.models.split(",") if args.models else list(MODELS)
+    if bad := [m for m in models if m not in MODELS]:
+        ap.error(f"unknown models {bad}; valid choices: {list(MODELS)}")
     torch.set_num_threads(2)
     repeats = args.repeats or (5 if args.quick else 15)
     points = [(224, 8), (32, 1)] if args.quick else [(224, 1), (224, 8), (32, 1), (32, 8)]
+    if args.points:
+        points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")]
     tv = zoo.import_torchvision()
     results, rows, breakdowns = [], [], []
     with tempfile.TemporaryDirectory() as d:
-        for label, (arch, pipeline) in MODELS.items():
+        for label, (arch, pipeline) in ((m, MODELS[m]) for m in models):
             if arch.startswith("timm:"):
                 model = zoo.randomize(zoo.import_timm().create_model(arch[5:], pretrained=False)).eval()
             else:

@@ -113,6 +113,14 @@ def _with(planner, **attrs):
     return out
 
 
+def _with_budget_pass(pipeline: PipelineSpec, what: str, leave: str) -> list:
+    """``pipeline``'s passes, which must hold a budget pass for ``what`` (a FineTuneError otherwise)."""
+    passes = load_pipeline(pipeline)
+    if not any(p.name == "budget" for p in passes):
+        raise FineTuneError(f"{what}: give budget= or a pipeline with a 'budget' pass, or leave {leave}")
+    return passes
+
+
 def compile(
     model: nn.Module,
     example_inputs,
@@ -200,10 +208,8 @@ def compile(
                         if p.name == "budget" and p.calibration is None else p for p in pipeline]
     between: list[dict] = []
     if finetune is not None and finetune.between_steps:
-        pipeline = load_pipeline(pipeline)
-        if not any(p.name == "budget" for p in pipeline):
-            raise FineTuneError("FineTune.between_steps fine-tunes between the steps of a budget plan: give budget= "
-                                "or a pipeline with a 'budget' pass, or leave between_steps at 0")
+        pipeline = _with_budget_pass(pipeline, "FineTune.between_steps fine-tunes between the steps of a budget plan",
+                                     "between_steps at 0")
         step_config = replace(finetune, epochs=finetune.between_steps)
 
         def recover(g, step: str) -> None:
@@ -214,10 +220,7 @@ def compile(
     held_out = Calibration.from_batches(model, val_data, images=10**9, where="val_data") if val_data is not None else None
     stages: list[dict] = []
     if finetune is not None and finetune.stages:
-        pipeline = load_pipeline(pipeline)
-        if not any(p.name == "budget" for p in pipeline):
-            raise FineTuneError("FineTune.stages reaches a budget in stages: give budget= or a pipeline with a "
-                                "'budget' pass, or leave stages empty")
+        pipeline = _with_budget_pass(pipeline, "FineTune.stages reaches a budget in stages", "stages empty")
         if any(p.stages for p in pipeline if p.name == "budget"):
             raise FineTuneError("the pipeline's budget pass has stages of its own; give them there or in FineTune.stages, "
                                 "not both")

@@ -149,3 +149,16 @@ def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
         seen += len(y)
     model.train(was)
     return loss / seen, hits / seen
+
+
+REFERENCES = {"small_cnn": small_cnn, "vgg5": vgg5, "resnet8": lambda: resnet(8)}
+
+
+def reference(name: str, dataset, *, cache: Path, epochs: int = 3) -> nn.Module:
+    """``REFERENCES[name]`` seeded, trained on ``dataset`` (or loaded from ``cache``), in eval mode."""
+    if name not in REFERENCES:
+        raise ValueError(f"unknown reference model '{name}'; valid choices: {sorted(REFERENCES)}")
+    torch.manual_seed(0)
+    model = REFERENCES[name]()
+    trained(name, model, dataset, epochs=epochs, cache=cache)
+    return model

@@ -145,6 +145,7 @@ class BudgetPass(Pass, name="budget"):
         self.plan: Plan | None = None
         self._touched: dict[str, set[str]] = {}  # per pruning table, the layers whose weights it reshapes (run)
         self._uniform: dict | None = None  # the uniform plans weighed against the allocation's (run, with data)
+        self._memo: dict[str, dict] = {"scored": {}, "probed": {}}  # plans judged in this run (_against_uniform)
 
     def cost_model(self) -> CostModel:
         if isinstance(self.target, Target):
@@ -208,8 +209,9 @@ class BudgetPass(Pass, name="budget"):
         def sensitivity(g: fx.GraphModule) -> float:
             return cal.error(g) if cal is not None else _rel_err(reference, _run(g, ctx.example_inputs))
 
-        self._touched: dict[str, set[str]] = {}
-        self._uniform = None  # per pruning table, the layers whose weights it reshapes
+        self._touched: dict[str, set[str]] = {}  # per pruning table, the layers whose weights it reshapes
+        self._uniform = None
+        self._memo: dict[str, dict] = {"scored": {}, "probed": {}}
 
         tables = {}
         for n in tqdm(nodes, desc="budget: factorizations", disable=not self.progress, leave=False):
@@ -528,15 +530,24 @@ class BudgetPass(Pass, name="budget"):
         plans += [(f"uniform rank {q:g}", uniform(lambda p, c, q=q: c.get("rank") == q)) for q in self.ranks]
         plans += [(f"uniform prune {r:g} + rank {q:g}", uniform(lambda p, c, r=r, q=q: c.get("prune") == r or c.get("rank") == q))
                   for r in self.prune_ratios for q in self.ranks]
-        own = self.calibration.error(_applied(gm, picks, ctx))
+        memo = self._memo  # a plan's totals, score and probed score, across the device check's re-plans
+
+        def judged(plan: dict[str, Candidate]) -> tuple[dict[str, float], float]:
+            key = _key(plan)
+            if key not in memo["scored"]:
+                trial = _applied(gm, plan, ctx)
+                memo["scored"][key] = (_totals(trial, cm, ctx), self.calibration.error(trial))
+            return memo["scored"][key]
+
+        own = judged(picks)[1]
         scored = [(own, allocator, picks)]
         for name, plan in plans:
             if not plan:
                 continue
-            trial = _applied(gm, plan, ctx)
-            if _over(_totals(trial, cm, ctx), limits):
+            totals, err = judged(plan)
+            if _over(totals, limits):
                 continue
-            scored.append((self.calibration.error(trial), name, plan))
+            scored.append((err, name, plan))
         scored.sort(key=lambda t: t[0])
         log.info("budget: the allocation's plan (%s) scores %.4g; uniform plans within the limits: %s", allocator,
                  own, [(n, e) for e, n, _ in scored if n != allocator])
@@ -546,9 +557,11 @@ class BudgetPass(Pass, name="budget"):
             probed = []
             for _, name, plan in tqdm(scored[:self.probes], desc="budget: probe fine-tunes", disable=not self.progress,
                                       leave=False):
-                trial = _applied(gm, plan, ctx)
-                self.probe(trial)
-                probed.append((self.calibration.error(trial), name, plan))
+                if (key := _key(plan)) not in memo["probed"]:
+                    trial = _applied(gm, plan, ctx)
+                    self.probe(trial)
+                    memo["probed"][key] = self.calibration.error(trial)
+                probed.append((memo["probed"][key], name, plan))
             log.info("budget: after a probe fine-tune: %s", [(n, e) for e, n, _ in probed])
             self._uniform["probed"] = {n: e for e, n, _ in probed}
             best = min(probed, key=lambda t: t[0])
@@ -585,6 +598,11 @@ class BudgetPass(Pass, name="budget"):
             if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
                 slower.add(n.target)
         return slower
+
+
+def _key(plan: dict[str, Candidate]) -> tuple:
+    """A plan's changes, hashable: the same plan found twice is judged once."""
+    return tuple(sorted((p, repr(sorted(c.choice.items()))) for p, c in _changes(plan).items()))
 
 
 def check_stages(stages, what: str) -> tuple[float, ...]:
