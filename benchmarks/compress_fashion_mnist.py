@@ -57,13 +57,12 @@ from _timing import blocked_median_ms, markdown_table  # noqa: E402  (also unsha
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import compiler  # noqa: E402
 from compiler.analysis import count_params  # noqa: E402
-from compiler.cost import calibrate, default_profile_path  # noqa: E402
+from compiler.cost.calibrate import ensure_profile  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import atomic_dir, write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune, finetune  # noqa: E402
 from fashion_mnist import evaluate, resnet, small_cnn, trained  # noqa: E402
 from runtime.onnx import OrtRunner, export_onnx  # noqa: E402
-from runtime.opencl import open_device  # noqa: E402
 
 MODELS = {"small_cnn": small_cnn, "resnet8": lambda: resnet(8)}
 DEFAULT_CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
@@ -350,11 +349,9 @@ def main() -> None:
     sweep_loader = loaders.train if s.sweep_images is None else DataLoader(
         Subset(loaders.train.dataset, range(min(s.sweep_images, len(loaders.train.dataset)))),
         batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
-    profile = default_profile_path(open_device().name)
-    if not profile.exists():  # the budget points plan with the device's calibrated cost model
-        t0 = time.perf_counter()
-        calibrate(progress=False).save(profile)
-        print(f"calibrated this device's cost model in {time.perf_counter() - t0:.0f} s: {profile}", file=sys.stderr)
+    profile, took = ensure_profile()  # the budget points plan with the device's calibrated cost model
+    if took is not None:
+        print(f"calibrated this device's cost model in {took:.0f} s: {profile}", file=sys.stderr)
     points, graphs, refs = [], [], {}
     for name in args.models.split(","):
         model, refs[name] = reference(name, loaders, s, args.cache)

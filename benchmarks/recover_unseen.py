@@ -16,6 +16,8 @@ pipeline, both timed in the same run (least block median of 4 rounds, ``_timing.
 32-128 channels, two max-pools, global average pool, Linear 128-128-10, 157k params; ``examples/
 fashion_mnist.py``): no default was tuned on it.
 ``small_cnn`` is ``examples/fashion_mnist.py``'s, which the budget benchmark uses (the tuning side).
+The device's cost model is calibrated first when it has no profile (``fxcompress calibrate``, about
+1.5 minutes), so plans are priced as a user who set the device up would see them.
 The goal: >= 4x fewer params, >= 2x lower OpenCL latency, <= 1.0 point of accuracy lost.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import compiler  # noqa: E402
 from compiler import Budget  # noqa: E402
 from compiler.analysis import count_params  # noqa: E402
+from compiler.cost.calibrate import ensure_profile  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune  # noqa: E402
@@ -78,6 +81,9 @@ def main() -> None:
     if bad := [n for n in names if n not in MODELS]:
         ap.error(f"unknown models {bad}; valid choices: {sorted(MODELS)}")
     loaders = fashion_mnist_loaders(batch_size=128)
+    profile, took = ensure_profile()  # as a user would after `fxcompress calibrate`: plans priced by this device
+    if took is not None:
+        print(f"calibrated this device's cost model in {took:.0f} s: {profile}", file=sys.stderr)
     results = [run(n, loaders, args.epochs) for n in names]
     rows = [[r["model"], r["set"], f"{r['params_before'] / r['params_after']:.2f}x", f"{r['ms_before'] / r['ms_after']:.2f}x",
              f"{100 * r['acc_before']:.2f}", f"{100 * r['acc_after']:.2f}", f"{100 * (r['acc_after'] - r['acc_before']):+.2f}",

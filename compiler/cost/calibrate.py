@@ -315,6 +315,19 @@ def default_profile_path(device_name: str) -> Path:
     return cache_dir().parent / "cost" / f"{slug}.json"
 
 
+def ensure_profile(*, progress: bool = False) -> tuple[Path, float | None]:
+    """This OpenCL device's calibration profile (``default_profile_path``), made by ``calibrate``
+    first when there is none; and the seconds that took (None when the profile was there)."""
+    from runtime.opencl.device import open_device
+
+    path = default_profile_path(open_device().name)
+    if path.exists():
+        return path, None
+    t0 = time.perf_counter()
+    calibrate(progress=progress).save(path)
+    return path, time.perf_counter() - t0
+
+
 def device_cost_model(profile: str | os.PathLike | None = None) -> CostModel:
     """The cost model of the OpenCL device the runtime uses: calibrated from ``profile`` (default:
     this device's profile under the user cache, see ``default_profile_path``) when one exists, else
