@@ -36,7 +36,7 @@ from compiler.analysis import count_params  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune, finetune  # noqa: E402
-from fashion_mnist import REFERENCES, evaluate, reference  # noqa: E402
+from fashion_mnist import REFERENCES, evaluate, reference, reference_names  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
 MODELS = REFERENCES
@@ -77,14 +77,12 @@ def run(name: str, loaders, settings: list[str], epochs: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="small_cnn,vgg5")
+    ap.add_argument("--models", type=lambda t: reference_names(t, MODELS), default="small_cnn,vgg5")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    names, settings = args.models.split(","), args.settings.split(",")
-    if bad := [n for n in names if n not in MODELS]:
-        ap.error(f"unknown models {bad}; valid choices: {sorted(MODELS)}")
+    names, settings = args.models, args.settings.split(",")
     if bad := [s for s in settings if s not in SETTINGS]:
         ap.error(f"unknown settings {bad}; valid choices: {list(SETTINGS)}")
     loaders = fashion_mnist_loaders(batch_size=128)

@@ -44,7 +44,7 @@ from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune, finetune  # noqa: E402
 from compiler.instruments import output_error  # noqa: E402
-from fashion_mnist import REFERENCES, evaluate, reference  # noqa: E402
+from fashion_mnist import REFERENCES, evaluate, reference, reference_names  # noqa: E402
 from passes.prune_channels import PruneChannels  # noqa: E402
 from passes.pruning.depgraph import analyse  # noqa: E402
 
@@ -105,14 +105,12 @@ def run(name: str, loaders, n_plans: int, epochs: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="small_cnn,vgg5")
+    ap.add_argument("--models", type=lambda t: reference_names(t, MODELS), default="small_cnn,vgg5")
     ap.add_argument("--plans", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    names = args.models.split(",")
-    if bad := [n for n in names if n not in MODELS]:
-        ap.error(f"unknown models {bad}; valid choices: {sorted(MODELS)}")
+    names = args.models
     loaders = fashion_mnist_loaders(batch_size=128)
     results = [run(n, loaders, args.plans, args.epochs) for n in names]
     print(markdown_table(["model", "plans", "fine-tune epochs", *(f"rho({k}, acc)" for k in PROXIES)],

@@ -42,7 +42,7 @@ from compiler.cost.calibrate import ensure_profile  # noqa: E402
 from compiler.data import fashion_mnist_loaders  # noqa: E402
 from compiler.fileio import write_text_atomic  # noqa: E402
 from compiler.finetune import FineTune  # noqa: E402
-from fashion_mnist import evaluate, reference  # noqa: E402
+from fashion_mnist import evaluate, reference, reference_names  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
 
@@ -73,13 +73,11 @@ def run(name: str, loaders, epochs: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="vgg5,small_cnn")
+    ap.add_argument("--models", type=lambda t: reference_names(t, MODELS), default="vgg5,small_cnn")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    names = args.models.split(",")
-    if bad := [n for n in names if n not in MODELS]:
-        ap.error(f"unknown models {bad}; valid choices: {sorted(MODELS)}")
+    names = args.models
     loaders = fashion_mnist_loaders(batch_size=128)
     profile, took = ensure_profile()  # as a user would after `fxcompress calibrate`: plans priced by this device
     if took is not None:

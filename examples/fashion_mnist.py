@@ -162,3 +162,13 @@ def reference(name: str, dataset, *, cache: Path, epochs: int = 3) -> nn.Module:
     model = REFERENCES[name]()
     trained(name, model, dataset, epochs=epochs, cache=cache)
     return model
+
+
+def reference_names(text: str, known=REFERENCES) -> list[str]:
+    """``"a,b"`` as a list of reference model names, for a ``--models`` argument (argparse ``type=``)."""
+    import argparse
+
+    names = text.split(",")
+    if bad := [n for n in names if n not in known]:
+        raise argparse.ArgumentTypeError(f"unknown models {bad}; valid choices: {sorted(known)}")
+    return names
