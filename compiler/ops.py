@@ -59,6 +59,17 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 FUSABLE_OPS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def fold_into(op: nn.Module, mean, var, gamma, beta, eps: float) -> None:
+    """Fold normalisation statistics into ``op``'s weight and bias, in place."""
+    w = op.weight.detach().double()
+    scale = (gamma.double() if gamma is not None else torch.ones_like(var, dtype=torch.float64)) / torch.sqrt(var.double() + eps)
+    shift = beta.double() if beta is not None else torch.zeros_like(scale)
+    b = op.bias.detach().double() if op.bias is not None else torch.zeros_like(scale)
+    dtype = op.weight.dtype
+    op.weight = nn.Parameter((w * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(dtype))
+    op.bias = nn.Parameter(((b - mean.double()) * scale + shift).to(dtype))
+
+
 class FusedOp(nn.Module):
     """``act(op(x) + residual)`` as one unit; ``op`` is a Conv{1,2,3}d or a Linear."""
 

@@ -4,7 +4,8 @@
 
 ``small_cnn()``: three conv-BN-ReLU blocks and a linear head, about 62k parameters; about 91.6% test
 accuracy after 3 epochs of AdamW. ``resnet(depth)``: He et al.'s CIFAR ResNet (6n+2 layers, widths
-16/32/64, identity shortcuts with 1x1 projections where the shape changes); ``depth=8`` or ``20``.
+16/32/64, identity shortcuts with 1x1 projections where the shape changes); ``depth=8`` or ``20``,
+``width=32`` doubles every stage.
 The factories return untrained models; ``examples/finetune_fashion_mnist.py`` trains and compresses one.
 
 References
@@ -57,30 +58,31 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet for 1-channel 28x28 inputs: 3 stages of n blocks, widths 16, 32, 64."""
+    """CIFAR-style ResNet for 1-channel 28x28 inputs: 3 stages of n blocks, widths w, 2w, 4w (w = 16)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 1):
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 1, width: int = 16):
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, 16))
-        blocks, cin = [], 16
-        for i, width in enumerate((16, 32, 64)):
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, width))
+        blocks, cin = [], width
+        for i, w in enumerate((width, 2 * width, 4 * width)):
             for j in range(n):
-                blocks.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
-                cin = width
+                blocks.append(BasicBlock(cin, w, 2 if i > 0 and j == 0 else 1))
+                cin = w
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(64, num_classes)
+        self.head = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.blocks(self.stem(x))
         return self.head(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
 
 
-def resnet(depth: int = 20, num_classes: int = 10) -> ResNet:
-    """ResNet-8 (78k parameters) or ResNet-20 (272k)."""
-    return ResNet(depth, num_classes)
+def resnet(depth: int = 20, num_classes: int = 10, width: int = 16) -> ResNet:
+    """ResNet-8 (78k parameters) or ResNet-20 (272k); ``width=32``: ResNet-8 with widths 32/64/128
+    (nine convs, 310k parameters), the compass benchmark's reference."""
+    return ResNet(depth, num_classes, width=width)
 
 
 def vgg5(num_classes: int = 10) -> nn.Sequential:
@@ -151,7 +153,7 @@ def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     return loss / seen, hits / seen
 
 
-REFERENCES = {"small_cnn": small_cnn, "vgg5": vgg5, "resnet8": lambda: resnet(8)}
+REFERENCES = {"small_cnn": small_cnn, "vgg5": vgg5, "resnet8": lambda: resnet(8), "resnet8w": lambda: resnet(8, width=32)}
 
 
 def reference(name: str, dataset, *, cache: Path, epochs: int = 3) -> nn.Module:

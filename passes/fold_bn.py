@@ -22,23 +22,13 @@ from torch import nn
 
 from compiler import meta
 from compiler.graph import call_counts, describe, fetch_attr, is_module, value_users
+from compiler.ops import fold_into
 from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-
-
-def fold_into(op: nn.Module, mean, var, gamma, beta, eps: float) -> None:
-    """Fold normalisation statistics into ``op``'s weight and bias, in place."""
-    w = op.weight.detach().double()
-    scale = (gamma.double() if gamma is not None else torch.ones_like(var, dtype=torch.float64)) / torch.sqrt(var.double() + eps)
-    shift = beta.double() if beta is not None else torch.zeros_like(scale)
-    b = op.bias.detach().double() if op.bias is not None else torch.zeros_like(scale)
-    dtype = op.weight.dtype
-    op.weight = nn.Parameter((w * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(dtype))
-    op.bias = nn.Parameter(((b - mean.double()) * scale + shift).to(dtype))
 
 
 class FoldBN(Pass, name="fold_bn"):

@@ -50,3 +50,22 @@ def test_every_benchmark_pipeline_is_valid():
         assert len(load_pipeline(p.pipeline)) == 3 + len(p.passes)
     assert any(p.plain for p in bench.POINTS) and any(p.main for p in bench.POINTS)
     assert all(set(p.quick) <= set(p.models) <= set(bench.MODELS) for p in bench.POINTS)
+
+
+def test_compass_needs_the_target_and_a_win_over_every_uniform_recipe_as_fast():
+    m = bench.COMPASS_MODEL
+
+    def rows(u1_ms, u1_acc):
+        r = [_row(m, "original", "original", 300_000, 30.0, 20.0, 0.915),
+             _row(m, "planner", "budget", 28_000, 9.0, 7.0, 0.910),  # 10.7x, 3.33x, -0.5 pt
+             _row(m, "u1", "prune", 30_000, u1_ms, 7.0, u1_acc),
+             _row(m, "u2", "prune+tucker2", 40_000, 12.0, 8.0, 0.914)]  # more accurate, but slower: no rival
+        bench.add_ratios(r)
+        return r
+
+    v = bench.compass(rows(9.2, 0.905))
+    assert v["met"] and v["point"] == "planner" and v["best_uniform_as_fast"] == "u1" and len(v["uniform"]) == 2
+    v = bench.compass(rows(9.2, 0.911))
+    assert not v["met"] and v["misses"] == ["uniform 'u1' (9.20 ms) is as accurate or more (91.10% against 91.00%)"]
+    v = bench.compass(rows(9.9, 0.905))  # no uniform recipe as fast: the claim cannot be made
+    assert not v["met"] and v["best_uniform_as_fast"] is None and "not compared" in v["misses"][0]

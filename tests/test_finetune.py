@@ -404,3 +404,60 @@ def test_cli_compile_with_finetune(tmp_path, capsys):
     rc = main(["compile", f"{tmp_path / 'm.py'}:cnn", "--input-shape", "1,1,28,28", "--finetune-data", "fashion-mnist",
                "--epochs", "0", "--train-limit", "64"])
     assert rc == 1 and "FineTuneError: FineTune epochs must be an int >= 1, got 0" in capsys.readouterr().err
+
+
+def test_renormalized_puts_identity_batchnorms_in_and_folds_them_back():
+    """renorm.py: inside the block every conv of a folded graph (FusedOp and factor chains included) is
+    followed by a BatchNorm that computes the identity in eval mode; after training inside the block
+    the norms are folded back, the structure is the original one and the folded graph computes what
+    the normalised one did."""
+    from compiler.finetune.renorm import Renormed, renormalized
+    from compiler.ops import FusedOp
+
+    torch.manual_seed(0)
+    model = cnn().eval()
+    for m in model.modules():  # statistics far from the identity, so folding them is visible
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(16, 1, 28, 28)
+    gm = compiler.compile(model, x[:1], pipeline=["cleanup", "fold_bn", "fuse"]).graph_module
+    kinds = [type(m).__name__ for m in gm.modules()]
+    ref = gm(x)
+    with renormalized(gm, [(x[:8],), (x[8:],)]) as wrapped:
+        assert wrapped == 2 == sum(isinstance(m, Renormed) for m in gm.modules())
+        assert all(isinstance(m.op, Renormed) for m in gm.modules() if isinstance(m, FusedOp))
+        gm.eval()
+        torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4)  # starts as the identity on its data
+        gm.train()
+        opt = torch.optim.SGD(gm.parameters(), lr=0.1)
+        for _ in range(3):  # move the norms' weights and statistics away from the identity
+            opt.zero_grad()
+            gm(x).square().mean().backward()
+            opt.step()
+        gm.eval()
+        normalised = gm(x)
+        assert (normalised - ref).abs().max() > 1e-2
+    assert [type(m).__name__ for m in gm.modules()] == kinds  # the structure is the folded graph's again
+    torch.testing.assert_close(gm(x), normalised, rtol=1e-4, atol=1e-4)
+    with renormalized(model, [(x,)]) as wrapped:  # a model with BatchNorms of its own is left alone
+        assert wrapped == 0
+
+
+def test_finetune_renormalizes_a_folded_student_for_the_run():
+    """FineTune.renormalize (the default) wraps the student's convs for the run and reports how many;
+    off, the student trains as it is. Both hand back a BatchNorm-free student of the same structure."""
+    torch.manual_seed(0)
+    teacher = cnn().eval()
+    x = torch.randn(64, 1, 28, 28)
+    data = [(x[i:i + 16], teacher(x[i:i + 16]).argmax(1)) for i in range(0, 64, 16)]
+    gm = compiler.compile(teacher, x[:1], pipeline=["cleanup", "fold_bn", {"name": "prune_channels", "ratio": 0.5}]).graph_module
+    runs = {}
+    for on in (True, False):
+        s = __import__("copy").deepcopy(gm)
+        r = finetune(s, teacher, data, config=FineTune(epochs=1, renormalize=on, **QUIET))
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in s.modules())
+        runs[on] = (r, s)
+    assert runs[True][0].renormalized == 2 and runs[False][0].renormalized == 0
+    on, off = runs[True][1].state_dict(), runs[False][1].state_dict()
+    assert on.keys() == off.keys() and all(on[k].shape == off[k].shape for k in on)
+    assert any(not torch.allclose(on[k], off[k]) for k in on)  # the norms changed how it trained

@@ -15,6 +15,7 @@ Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts", 201
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -31,8 +32,10 @@ from ..errors import FineTuneError
 from .config import EpochStats, FineTune, FineTuneResult
 from .distributed import DistContext, all_sum, epoch_loader, setup_distributed, shard, teardown_distributed
 from .losses import FeatureTaps, correct, distillation_loss, logits_of, split_batch
+from .renorm import renormalized
 
 log = logging.getLogger(__name__)
+RENORM_BATCHES = 8  # training batches whose conv outputs start the put-back BatchNorms (FineTune.renormalize)
 
 
 def finetune(
@@ -91,7 +94,13 @@ def finetune(
         # the caller's RNG state is left alone; gradients are on even when called under no_grad (a pass)
         with torch.random.fork_rng(devices=[]), _deterministic(), torch.enable_grad():
             torch.manual_seed(config.seed)
-            return _run(student, teacher, train_loader, val_loader, config, taps, ctx)
+            if not config.renormalize:
+                return _run(student, teacher, train_loader, val_loader, config, taps, ctx)
+            # drawn only when there are convs to renormalize
+            calibration = (split_batch(b, "train_loader")[0] for b in itertools.islice(train_loader, RENORM_BATCHES))
+            with renormalized(student, calibration) as wrapped:
+                result = _run(student, teacher, train_loader, val_loader, config, taps, ctx)
+            return dataclasses.replace(result, renormalized=wrapped)
     finally:
         student.train(was_training[0])
         teacher.train(was_training[1])
