@@ -1,9 +1,10 @@
 """End to end on Fashion-MNIST: train, compress with every method, distil, measure accuracy and latency.
 
-    .venv/bin/python benchmarks/compress_fashion_mnist.py [--quick] [--out DIR] [--cache DIR]
+    .venv/bin/python benchmarks/compress_fashion_mnist.py [--quick] [--models small_cnn,resnet8w] [--out DIR] [--cache DIR]
 
-1. Trains the reference models of ``examples/fashion_mnist.py`` (``small_cnn`` for 3 epochs and
-   ResNet-8 for 2), or loads them from ``--cache`` (weights written atomically, read with weights_only).
+1. Trains the reference models of ``examples/fashion_mnist.py`` (``small_cnn`` and ``resnet8w``, the
+   ResNet-8 at widths 32/64/128, for 3 epochs; ``--models resnet8`` adds the narrow ResNet-8, 2), or
+   loads them from ``--cache`` (weights written atomically, read with weights_only).
 2. Compiles each with Tucker-2, CP, TT and SVD factorization and with structured channel pruning,
    plus pruning followed by Tucker-2; small_cnn at two or three strengths per method, ResNet-8 at
    one. Factorization ranks are parameter budgets per layer (``"params:p"``), so the methods compare
@@ -12,6 +13,13 @@
    Tucker-2 / SVD, per channel group a pruning ratio in multiples of 8 channels) chosen by this
    device's calibrated cost model (calibrated first if no profile exists, about 1.5 min) on 256
    training images.
+   The compass goal, on ``resnet8w``: the planner in the documented one call (``compile(budget=
+   Budget(params=p0 // 10, latency_ratio=0.3), finetune=FineTune(epochs=2, stages=(0.5,)),
+   train_data=, val_data=)``: probe fine-tunes of the best candidate plans, one stage half way with
+   1 epoch of recovery, 3 epochs in all) against uniform recipes (prune 0.6, 0.7, 0.8; prune 0.5 +
+   Tucker-2) fine-tuned 3 epochs each; it is met when the planner's point has >= 10x fewer params,
+   >= 3x lower measured OpenCL latency, <= 1 point lost, and beats by accuracy every uniform recipe
+   that measures as fast (``compass``).
 3. Fine-tunes every point by distillation with the original as teacher (``FineTune``). The main
    points, the candidates for the issue's target (>= 4x fewer params, >= 2x lower latency, <= 1
    point of accuracy lost), get 3 epochs over the whole training split; the sweep gets 1 epoch over
@@ -134,8 +142,8 @@ POINTS = (
             models=SMALL, quick=SMALL),
     # the compass: the planner in one call (probes, two stages, 3 epochs in all) against uniform
     # recipes around its latency, each fine-tuned 3 epochs the same way
-    Point(label="planner: budget params 1/10, latency 1/3 (one call)", method="budget", main=True, models=COMPASS,
-          quick=COMPASS, example_batch=256, one_call={"params": 0.1, "latency_ratio": 1 / 3}),
+    Point(label="planner: budget params 1/10, latency 0.3 (one call)", method="budget", main=True, models=COMPASS,
+          quick=COMPASS, example_batch=256, one_call={"params": 0.1, "latency_ratio": 0.3}),  # 0.3: room under the 3x line for timing noise
     *(_prune(r, main=True, models=COMPASS, quick=COMPASS if r == 0.7 else ()) for r in (0.6, 0.7, 0.8)),
     _prune_tucker2(0.5, 0.4, main=True, models=COMPASS),
 )

@@ -23,6 +23,34 @@ class FineTune:
     ``T^2`` keeps the soft-target gradients on the scale of the hard-target ones (Hinton et al.).
     With ``alpha == 1`` no labels are needed: the teacher labels the data.
 
+    The defaults were measured (``benchmarks/finetune_defaults.py``): two trained Fashion-MNIST
+    networks, ``small_cnn`` and the held-out ``vgg5``, pruned by half (about 4x fewer params), 3
+    epochs from the same compressed weights, test accuracy against the originals' 91.59% / 91.93%:
+
+    ======================================  ==========  ==========
+    setting                                 small_cnn   vgg5
+    ======================================  ==========  ==========
+    lr 3e-3, alpha 0.5, T 2 (the defaults)  91.61       91.71
+    alpha 0.9, T 4 (the former defaults)    91.14       90.84
+    alpha 0.5, T 4                          91.27       91.55
+    alpha 0.9, T 2                          91.32       91.27
+    plain (alpha 0: labels only)            91.63       91.83
+    alpha 0.9, T 4, lr 1e-3                 90.51       90.16
+    alpha 0.9, T 4, lr 1e-2                 91.15       90.85
+    alpha 0.9, T 4, renormalize off         91.10       90.24
+    alpha 0.9, T 4, warm-up 5%              91.15       91.08
+    alpha 0.9, T 4, BatchNorms kept [#]_    90.82       91.26
+    ======================================  ==========  ==========
+
+    Distillation does not beat plain fine-tuning in 3 epochs: the defaults tie it (within the
+    +-0.3 points that 10,000 test images move by chance), the former ones lost 0.5 to 1 point. The
+    teachers trained 3 epochs and are wrong on 8% of the images; soft targets at a high
+    temperature and weight spread that error over the student and dilute the labels, which a short
+    fine-tune needs most. The teacher still helps where labels are few or absent (``alpha=1``).
+    Putting the BatchNorms back for the run (``renormalize``) is worth 1.4 points on vgg5.
+
+    .. [#] pruned before ``fold_bn`` and fine-tuned with the original's BatchNorms, folded after.
+
     References
     ----------
     Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", 2015.
@@ -31,11 +59,11 @@ class FineTune:
     """
 
     epochs: int = 3
-    lr: float = 3e-3  # adamw; sgd (momentum 0.9) wants about 1e-2 (see the class docstring)
+    lr: float = 3e-3  # adamw (3e-3 and 1e-2 tie, 1e-3 is slower: the class docstring); sgd (momentum 0.9) wants about 1e-2
     optimizer: str = "adamw"
     warmup: float = 0.0  # fraction of the batches with a linear warm-up of the learning rate, before the cosine
-    temperature: float = 4.0  # Hinton et al. use 2-20; 4 softens a 10-class output without flattening it
-    alpha: float = 0.9  # weight of the teacher's soft targets; the rest goes to the labels' cross-entropy
+    temperature: float = 2.0  # Hinton et al. use 2-20; see the class docstring for 2 against 4
+    alpha: float = 0.5  # weight of the teacher's soft targets; the rest goes to the labels' cross-entropy
     patience: int = 2  # epochs without a better validation loss before stopping (needs a val loader)
     seed: int = 0
     weight_decay: float = 0.0  # the teacher already regularises; decay mostly slows recovery of pruned nets
