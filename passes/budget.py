@@ -562,6 +562,7 @@ class BudgetPass(Pass, name="budget"):
                 memo["scored"][key] = (_totals(trial, cm, ctx), self.calibration.error(trial))
             return memo["scored"][key]
 
+        plans += self._between_uniform(uniform, judged, limits)
         own = judged(picks)[1]
         scored = [(own, allocator, picks)]
         for name, plan in plans:
@@ -578,8 +579,8 @@ class BudgetPass(Pass, name="budget"):
         best = scored[0]
         if self.probe is not None and self.probes > 1 and len(scored) > 1:
             probed = []
-            for _, name, plan in tqdm(scored[:self.probes], desc="budget: probe fine-tunes", disable=not self.progress,
-                                      leave=False):
+            for _, name, plan in tqdm(_probe_order(scored, allocator)[:self.probes], desc="budget: probe fine-tunes",
+                                      disable=not self.progress, leave=False):
                 if (key := _key(plan)) not in memo["probed"]:
                     trial = _applied(gm, plan, ctx)
                     self.probe(trial)
@@ -590,6 +591,37 @@ class BudgetPass(Pass, name="budget"):
             best = min(probed, key=lambda t: t[0])
         self._uniform["kept"] = best[1]
         return best[2], best[1]
+
+    def _between_uniform(self, uniform, judged, limits) -> list[tuple[str, dict[str, Candidate]]]:
+        """Near-uniform plans where no uniform ratio fits the limits snugly: between two neighbouring
+        ratios, the lower one over the limits and the higher one within, every group at the lower
+        ratio and the fewest groups at the higher one that bring the plan within, the groups with the
+        largest saving first (found by bisection on their number, each step a plan applied to a copy).
+        vgg5 on Fashion-MNIST at a 4x params budget: uniform 0.5 was 1% over, 0.75 far under, and the
+        greedy allocation pruned two 64-channel layers to 16 channels (90.9% after recovery against
+        92.7%), where half of every layer recovers to within 0.3 points."""
+        ratios = sorted(self.prune_ratios)
+        out = []
+        for lo, hi in zip(ratios, ratios[1:]):
+            base = uniform(lambda p, c, r=lo: c.get("prune") == r)
+            alt = uniform(lambda p, c, r=hi: c.get("prune") == r)
+            groups = [p for p in base if p in alt]
+            if not groups:
+                continue
+            over = _over(judged(base)[0], limits)
+            if not over or _over(judged({**base, **{p: alt[p] for p in groups}})[0], limits):
+                continue  # the lower ratio fits already, or the higher one does not
+            groups.sort(key=lambda p: -sum((base[p].get(r) - alt[p].get(r)) / limits[r] for r in over))
+            a, b = 0, len(groups)  # plans with the first a groups at hi are over the limits, with the first b within
+            while b - a > 1:
+                k = (a + b) // 2
+                if _over(judged({**base, **{p: alt[p] for p in groups[:k]}})[0], limits):
+                    a = k
+                else:
+                    b = k
+            out.append((f"uniform prune {lo:g}, {hi:g} on {b} of {len(groups)} groups",
+                        {**base, **{p: alt[p] for p in groups[:b]}}))
+        return out
 
     def _stacked(self, picks: dict[str, Candidate]) -> set[str]:
         """With ``stack=False``, the layers ``picks`` factorizes whose weights its pruning reshapes."""
@@ -621,6 +653,22 @@ class BudgetPass(Pass, name="budget"):
             if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
                 slower.add(n.target)
         return slower
+
+
+def _probe_order(scored: list[tuple], allocator: str) -> list[tuple]:
+    """``scored`` (by calibration error, least first) reordered so the best of each family comes first:
+    the allocation, the uniform plans, the near-uniform ones (``_between_uniform``), then the rest. Before
+    recovery the error of every plan at a large cut can be near its maximum (vgg5 at 4x: agreement with
+    the original 10 to 12% for all), and the order among them says little: each family gets a probe."""
+    def family(name: str) -> str:
+        return "allocation" if name == allocator else "between" if " on " in name else "uniform"
+
+    firsts, seen = [], set()
+    for t in scored:
+        if family(t[1]) not in seen:
+            seen.add(family(t[1]))
+            firsts.append(t)
+    return firsts + [t for t in scored if t not in firsts]
 
 
 def _key(plan: dict[str, Candidate]) -> tuple:
