@@ -87,12 +87,24 @@ def resnet(depth: int = 20, num_classes: int = 10, width: int = 16) -> ResNet:
 
 def vgg5(num_classes: int = 10) -> nn.Sequential:
     """Five 3x3 conv+BN+ReLU (32, 32, 64, 64, 128), max-pools after the 2nd and 4th, global average
-    pool, Linear 128-128-10; 157k parameters. No default of the compiler was tuned on it: the
-    benchmarks keep it as a held-out architecture."""
+    pool, Linear 128-128-10; 157k parameters. The fine-tune defaults were measured on it
+    (``benchmarks/finetune_defaults.py``), with ``small_cnn``."""
     return nn.Sequential(*_conv_bn_relu(1, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),
                          *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
                          *_conv_bn_relu(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(128, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
+
+
+def dsnet(num_classes: int = 10) -> nn.Sequential:
+    """A MobileNet-style net: a 3x3 conv+BN+ReLU stem (32), three depthwise-separable blocks (3x3
+    depthwise + 1x1 pointwise, each with BN+ReLU; 32->64, 64->128, 128->256) with max-pools after the
+    first two, global average pool, Linear 256-10; 49k parameters. Held out: no default of the
+    compiler, the planner or the fine-tune was set on it."""
+    def ds(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*_conv_bn_relu(1, 32), *ds(32, 64), nn.MaxPool2d(2), *ds(64, 128), nn.MaxPool2d(2),
+                         *ds(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, num_classes))
 
 
 def trained(name: str, model: nn.Module, dataset, *, epochs: int, cache: Path, recipe: str = "") -> dict:
@@ -153,7 +165,7 @@ def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     return loss / seen, hits / seen
 
 
-REFERENCES = {"small_cnn": small_cnn, "vgg5": vgg5, "resnet8": lambda: resnet(8), "resnet8w": lambda: resnet(8, width=32)}
+REFERENCES = {"small_cnn": small_cnn, "vgg5": vgg5, "dsnet": dsnet, "resnet8": lambda: resnet(8), "resnet8w": lambda: resnet(8, width=32)}
 
 
 def reference(name: str, dataset, *, cache: Path, epochs: int = 3) -> nn.Module:

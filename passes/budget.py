@@ -323,7 +323,7 @@ class BudgetPass(Pass, name="budget"):
         for round_ in range(MEASURED_ROUNDS + 1):
             measured = _measured_ms({"before": gm, "after": _applied(gm, picks, ctx)}, ctx, self.measure_span_s)
             goal = b.latency_goal(measured["before"])
-            here = (lims["ms"], picks, allocator, measured)
+            here = (lims["ms"], picks, allocator, measured, self._uniform)  # _uniform: of this round's planning
             if measured["after"] <= (1 + MEASURED_SLACK) * goal:
                 held = here if held is None or here[0] > held[0] else held
                 if missed is None or measured["after"] >= (1 - MEASURED_SLACK) * goal:
@@ -345,7 +345,7 @@ class BudgetPass(Pass, name="budget"):
                 corrections.pop()
                 break
             allocator += " + measured"
-        _, picks, allocator, measured = held or missed
+        _, picks, allocator, measured, self._uniform = held or missed
         return picks, allocator, corrections, measured
 
     def _allocate(self, gm, ctx, cm, tables, limits, fixed):
