@@ -317,9 +317,10 @@ class BudgetPass(Pass, name="budget"):
         more compression, and error, than asked for), so once one limit missed and another held, the
         next is their geometric mean, and of the plans that held the one with the loosest limit (the
         least compression) is kept. Returns the picks, their allocator, the corrections and the timing
-        of the picks returned (None when the last plan was not timed)."""
+        of the picks returned."""
         b, lims, corrections = self.budget, dict(limits), []
-        held = missed = None  # (limit, picks, allocator, measured) of the loosest plan that held, the tightest that missed
+        # (limit, picks, allocator, measured, uniform comparison) of the loosest plan that held, the tightest that missed
+        held = missed = None
         for round_ in range(MEASURED_ROUNDS + 1):
             measured = _measured_ms({"before": gm, "after": _applied(gm, picks, ctx)}, ctx, self.measure_span_s)
             goal = b.latency_goal(measured["before"])
@@ -332,18 +333,16 @@ class BudgetPass(Pass, name="budget"):
                 missed = here if missed is None or here[0] < missed[0] else missed
             if round_ == MEASURED_ROUNDS:
                 break
-            corrections.append({"measured_ms": measured, "goal_ms": goal, "limit_ms": None})
             ms = math.sqrt(held[0] * missed[0]) if held and missed else lims["ms"] * goal / measured["after"]
             lims = {**lims, "ms": ms}
-            corrections[-1]["limit_ms"] = ms
             log.info("budget: the plan measures %.3g ms against a goal of %.3g; planning again to %.3g ms predicted",
                      measured["after"], goal, ms)
             try:
                 picks, allocator = planned(lims)
             except BudgetError as e:
                 log.info("budget: no plan at %.3g ms predicted (%s)", ms, e)
-                corrections.pop()
                 break
+            corrections.append({"measured_ms": measured, "goal_ms": goal, "limit_ms": ms})
             allocator += " + measured"
         _, picks, allocator, measured, self._uniform = held or missed
         return picks, allocator, corrections, measured

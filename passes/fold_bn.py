@@ -15,7 +15,6 @@ BatchNorm uses batch statistics, or when a Linear's output is not ``(N, C)``.
 """
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
