@@ -1,6 +1,7 @@
 """The one-call compress-and-recover flow, defaults only, on trained Fashion-MNIST networks.
 
     .venv/bin/python benchmarks/recover_unseen.py [--models dsnet,vgg5,small_cnn] [--epochs 3] [--json out.json]
+        [--prune-ratios 0.25,0.5,0.75]
 
 Per model: train it (3 epochs, AdamW one-cycle, cached under ~/.cache/fxcompress/bench, read with
 weights_only), then
@@ -80,8 +81,15 @@ def main() -> None:
     ap.add_argument("--models", type=lambda t: reference_names(t, MODELS), default="dsnet,vgg5,small_cnn")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--prune-ratios", type=lambda t: tuple(float(r) for r in t.split(",")),
+                    help="the budget pass's pruning ratios in place of its defaults (an A/B of the defaults: "
+                         "compile(budget=...) takes the pass's defaults, so they are swapped for this run)")
     args = ap.parse_args()
     names = args.models
+    if args.prune_ratios:
+        from passes.budget import BudgetPass
+
+        BudgetPass.__init__.__kwdefaults__["prune_ratios"] = args.prune_ratios
     loaders = fashion_mnist_loaders(batch_size=128)
     profile, took = ensure_profile()  # as a user would after `fxcompress calibrate`: plans priced by this device
     if took is not None:

@@ -30,6 +30,10 @@ Three steps, kept apart:
    runs after each of those passes (``compile(budget=..., finetune=FineTune(between_steps=N))`` makes
    it a fine-tune), so accuracy lost to pruning is won back before the factorizations see the weights.
 
+With data (``calibration``), the allocation's plan is weighed against uniform and near-uniform
+recipes at the same limits, and the best few are probed by a short fine-tune (``budget_uniform.py``);
+with ``stages``, the budget is reached in steps with a recovery between them (``budget_stages.py``).
+
 The report's details hold the plan, and predicted latency, params and MACs before and after; planning
 for the live device (``target="device"``, the default), also the latency measured on it before and after
 (``measured_ms``), with a warning when the plan measures slower than the original or over the budget.
@@ -61,6 +65,8 @@ from compiler.target import Target
 
 from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _least_rank, _measured_ms, _method,
                            _over, _plan, _predicted_ms, _price, _prune, _rel_err, _run, _totals)
+from .budget_stages import check_stages, in_stages
+from .budget_uniform import against_uniform, between_uniform, plan_key, uniform_plans
 from .factor_layers import FactorChain
 from .factorize import Factorize, _capture_inputs
 from .prune_channels import PruneChannels
@@ -158,43 +164,7 @@ class BudgetPass(Pass, name="budget"):
         return CostModel(Target.preset(self.target))
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        return self._staged(gm, ctx) if self.stages else self._once(gm, ctx)
-
-    def _staged(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        """The budget reached in ``stages``: at fraction ``s`` of the way (on a log scale: a 10x params
-        budget passes 2x at 0.3 and 4x at 0.6) a plan is made and applied to the model as the stage
-        before left it, then ``recover_stage(gm, name)`` runs (a short fine-tune, from compile()),
-        and the last stage meets the budget itself. A later stage may prune what an earlier one
-        pruned or factorized (a factor chain's inner channels: its rank), never factorize a factor."""
-        cm = self.cost_model()
-        origin = _totals(gm, cm, ctx)
-        fractions = (*self.stages, 1.0)
-        stages, details, refusals, warnings, plans = [], [], {}, [], []
-        for k, s in enumerate(fractions, 1):
-            name = f"stage {k} of {len(fractions)}"
-            one = copy.copy(self)
-            one.stages, one.plan_path = (), None
-            one.budget = stage_budget(self.budget, s, origin, _totals(gm, cm, ctx))
-            log.info("budget: %s at %.2f of the way: %s", name, s, one.budget)
-            res = one._once(gm, ctx)
-            plans.append(one.plan)
-            details += [{"stage": k, **d} for d in res.details]
-            refusals.update({(r.node, r.reason): r for r in res.refusals})
-            warnings += [f"{name}: {w}" for w in res.warnings]
-            stages.append({"stage": k, "fraction": s, "budget": {q: v for q, v in vars(one.budget).items() if v is not None},
-                           "plan": one.plan.layers, "prune": one.plan.prune, "after": one.plan.predicted["after"]})
-            if s < 1.0 and self.recover_stage is not None:
-                self.recover_stage(gm, name)
-        final = plans[-1]
-        final.stages = [{"layers": p.layers, "prune": p.prune} for p in plans[:-1]]
-        final.budget = {k: v for k, v in vars(self.budget).items() if v is not None}
-        final.predicted["before"] = origin
-        self.plan = final
-        if self.plan_path:
-            final.save(self.plan_path)
-        summary = {**res.summary, "before": origin, "stages": stages}
-        return PassResult(modified=any(p.layers or p.prune for p in plans), matches=sum(len(p.layers) + len(p.prune) for p in plans),
-                          refusals=list(refusals.values()), details=details, summary=summary, warnings=warnings)
+        return in_stages(self, gm, ctx) if self.stages else self._once(gm, ctx)
 
     def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         cm = self.cost_model()
@@ -529,98 +499,31 @@ class BudgetPass(Pass, name="budget"):
         return out
 
     def _against_uniform(self, gm, ctx, cm, tables, limits, picks, allocator):
-        """The allocation's ``picks`` against the uniform plans at the same limits (every channel group
-        pruned at one ratio, every layer factorized at one rank fraction, and with ``stack=True`` each
-        pair of those: with vgg5 on Fashion-MNIST, stack=False, a pair plan "prune 0.75 + rank 0.25"
-        won and left Tucker-2 ranks of 4 on 16 channels, 18 points down after recovery), by
-        the calibration error of the plan applied to a copy: the better one is kept. An allocation
-        that loses to a uniform recipe has mis-read its per-layer scores, and the data say so.
-        With ``probe`` (a short fine-tune, from compile()), the ``probes`` best are each applied to a
-        copy, fine-tuned briefly, and scored again: what a plan loses that fine-tuning wins back does
-        not count against it (HTD, Hardware-aware Tucker Decomposition, checks its candidates so)."""
-        def uniform(choice) -> dict[str, Candidate]:
-            out = {}
-            for p, t in tables.items():
-                hit = [c for c in t if c.choice is not None and choice(p, c.choice)]
-                if hit:
-                    out[p] = hit[0]
-            return out
+        """The allocation's ``picks`` against the uniform and near-uniform plans at the same limits
+        (``budget_uniform``), by the calibration error of each plan applied to a copy, and with
+        ``probe`` (a short fine-tune, from compile()) by that error after probing the ``probes`` best
+        of each family. Plans judged or probed once are remembered across the device check's re-plans."""
+        memo = self._memo
 
-        plans = [(f"uniform prune {r:g}", uniform(lambda p, c, r=r: c.get("prune") == r)) for r in self.prune_ratios]
-        plans += [(f"uniform rank {q:g}", uniform(lambda p, c, q=q: c.get("rank") == q)) for q in self.ranks]
-        if self.stack:  # a pair prunes and factorizes the same layers, at ranks of the unpruned layer under min_rank
-            plans += [(f"uniform prune {r:g} + rank {q:g}",
-                       uniform(lambda p, c, r=r, q=q: c.get("prune") == r or c.get("rank") == q))
-                      for r in self.prune_ratios for q in self.ranks]
-        memo = self._memo  # a plan's totals, score and probed score, across the device check's re-plans
-
-        def judged(plan: dict[str, Candidate]) -> tuple[dict[str, float], float]:
-            key = _key(plan)
-            if key not in memo["scored"]:
+        def judged(plan):
+            if (key := plan_key(plan)) not in memo["scored"]:
                 trial = _applied(gm, plan, ctx)
                 memo["scored"][key] = (_totals(trial, cm, ctx), self.calibration.error(trial))
             return memo["scored"][key]
 
-        plans += self._between_uniform(uniform, judged, limits)
-        own = judged(picks)[1]
-        scored = [(own, allocator, picks)]
-        for name, plan in plans:
-            if not plan:
-                continue
-            totals, err = judged(plan)
-            if _over(totals, limits):
-                continue
-            scored.append((err, name, plan))
-        scored.sort(key=lambda t: t[0])
-        log.info("budget: the allocation's plan (%s) scores %.4g; uniform plans within the limits: %s", allocator,
-                 own, [(n, e) for e, n, _ in scored if n != allocator])
-        self._uniform = {"allocation": allocator, "tried": {n: e for e, n, _ in scored if n != allocator}}
-        best = scored[0]
-        if self.probe is not None and self.probes > 1 and len(scored) > 1:
-            probed = []
-            for _, name, plan in tqdm(_probe_order(scored, allocator)[:self.probes], desc="budget: probe fine-tunes",
-                                      disable=not self.progress, leave=False):
-                if (key := _key(plan)) not in memo["probed"]:
-                    trial = _applied(gm, plan, ctx)
-                    self.probe(trial)
-                    memo["probed"][key] = self.calibration.error(trial)
-                probed.append((memo["probed"][key], name, plan))
-            log.info("budget: after a probe fine-tune: %s", [(n, e) for e, n, _ in probed])
-            self._uniform["probed"] = {n: e for e, n, _ in probed}
-            best = min(probed, key=lambda t: t[0])
-        self._uniform["kept"] = best[1]
-        return best[2], best[1]
+        def probed(plan):
+            if (key := plan_key(plan)) not in memo["probed"]:
+                trial = _applied(gm, plan, ctx)
+                self.probe(trial)
+                memo["probed"][key] = self.calibration.error(trial)
+            return memo["probed"][key]
 
-    def _between_uniform(self, uniform, judged, limits) -> list[tuple[str, dict[str, Candidate]]]:
-        """Near-uniform plans where no uniform ratio fits the limits snugly: between two neighbouring
-        ratios, the lower one over the limits and the higher one within, every group at the lower
-        ratio and the fewest groups at the higher one that bring the plan within, the groups with the
-        largest saving first (found by bisection on their number, each step a plan applied to a copy).
-        vgg5 on Fashion-MNIST at a 4x params budget: uniform 0.5 was 1% over, 0.75 far under, and the
-        greedy allocation pruned two 64-channel layers to 16 channels (90.9% after recovery against
-        92.7%), where half of every layer recovers to within 0.3 points."""
-        ratios = sorted(self.prune_ratios)
-        out = []
-        for lo, hi in zip(ratios, ratios[1:]):
-            base = uniform(lambda p, c, r=lo: c.get("prune") == r)
-            alt = uniform(lambda p, c, r=hi: c.get("prune") == r)
-            groups = [p for p in base if p in alt]
-            if not groups:
-                continue
-            over = _over(judged(base)[0], limits)
-            if not over or _over(judged({**base, **{p: alt[p] for p in groups}})[0], limits):
-                continue  # the lower ratio fits already, or the higher one does not
-            groups.sort(key=lambda p: -sum((base[p].get(r) - alt[p].get(r)) / limits[r] for r in over))
-            a, b = 0, len(groups)  # plans with the first a groups at hi are over the limits, with the first b within
-            while b - a > 1:
-                k = (a + b) // 2
-                if _over(judged({**base, **{p: alt[p] for p in groups[:k]}})[0], limits):
-                    a = k
-                else:
-                    b = k
-            out.append((f"uniform prune {lo:g}, {hi:g} on {b} of {len(groups)} groups",
-                        {**base, **{p: alt[p] for p in groups[:b]}}))
-        return out
+        plans = uniform_plans(tables, self.prune_ratios, self.ranks, self.stack)
+        plans += between_uniform(tables, self.prune_ratios, judged, limits)
+        kept, name, self._uniform = against_uniform(picks, allocator, plans, judged, limits,
+                                                    probed if self.probe is not None else None, self.probes,
+                                                    self.progress)
+        return kept, name
 
     def _stacked(self, picks: dict[str, Candidate]) -> set[str]:
         """With ``stack=False``, the layers ``picks`` factorizes whose weights its pruning reshapes."""
@@ -652,51 +555,6 @@ class BudgetPass(Pass, name="budget"):
             if _price(cm, chain, shape, nchw)[0] >= _price(cm, layer, shape, nchw)[0]:
                 slower.add(n.target)
         return slower
-
-
-def _probe_order(scored: list[tuple], allocator: str) -> list[tuple]:
-    """``scored`` (by calibration error, least first) reordered so the best of each family comes first:
-    the allocation, the uniform plans, the near-uniform ones (``_between_uniform``), then the rest. Before
-    recovery the error of every plan at a large cut can be near its maximum (vgg5 at 4x: agreement with
-    the original 10 to 12% for all), and the order among them says little: each family gets a probe."""
-    def family(name: str) -> str:
-        return "allocation" if name == allocator else "between" if " on " in name else "uniform"
-
-    firsts, seen = [], set()
-    for t in scored:
-        if family(t[1]) not in seen:
-            seen.add(family(t[1]))
-            firsts.append(t)
-    return firsts + [t for t in scored if t not in firsts]
-
-
-def _key(plan: dict[str, Candidate]) -> tuple:
-    """A plan's changes, hashable: the same plan found twice is judged once."""
-    return tuple(sorted((p, repr(sorted(c.choice.items()))) for p, c in _changes(plan).items()))
-
-
-def check_stages(stages, what: str) -> tuple[float, ...]:
-    """``stages`` as a tuple of increasing fractions in (0, 1), or a PipelineError naming ``what``."""
-    if isinstance(stages, (int, float)) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in stages):
-        raise PipelineError(f"{what} must be a sequence of fractions in (0, 1), got {stages!r}")
-    out = tuple(float(s) for s in stages)
-    if any(not 0 < s < 1 for s in out) or any(a >= b for a, b in zip(out, out[1:])):
-        raise PipelineError(f"{what} must be increasing fractions in (0, 1) (the last stage, 1, meets the budget "
-                            f"itself), got {list(out)}")
-    return out
-
-
-def stage_budget(b: Budget, s: float, origin: dict[str, float], now: dict[str, float]) -> Budget:
-    """The budget at fraction ``s`` of the way from the original's totals ``origin`` to ``b``, on a
-    log scale, for a model whose totals are now ``now``: params and MACs absolute, latency as a ratio
-    of the model as it is now (so the device check of each stage times that model), at most 1."""
-    def part(limit: float, base: float) -> float:
-        return base * (min(limit, base) / base) ** s
-
-    goal = b.latency_goal(origin["ms"])
-    return Budget(latency_ratio=min(1.0, part(goal, origin["ms"]) / now["ms"]) if goal is not None else None,
-                  params=max(1, int(part(b.params, origin["params"]))) if b.params is not None else None,
-                  macs=max(1, int(part(b.macs, origin["macs"]))) if b.macs is not None else None)
 
 
 def _reshaped(gm: fx.GraphModule, pruned: fx.GraphModule) -> set[str]:

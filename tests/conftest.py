@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# `make test` runs two pytest-xdist workers on the two cores: one torch thread and one PoCL thread
+# each, so neither oversubscribes the machine (run alone, a test gets both cores).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("POCL_MAX_PTHREAD_COUNT", "1")
+torch.set_num_threads(max(1, 2 // WORKERS))
 
 
 @pytest.fixture(autouse=True)

@@ -558,7 +558,8 @@ def test_progressive_stages_reach_the_budget_with_recovery_between_and_the_stage
     each stage recovered; the last stage meets the budget; no factor is factorized again; the report
     states accuracy after each stage; the saved plan replays every stage on the original."""
     from compiler.finetune import FineTune
-    from passes.budget import BudgetPass, stage_budget
+    from passes.budget import BudgetPass
+    from passes.budget_stages import stage_budget
     from passes.factor_layers import FactorChain
 
     b = Budget(params=1000, latency_ratio=0.25)
@@ -605,11 +606,11 @@ def test_progressive_stages_reach_the_budget_with_recovery_between_and_the_stage
 
 
 def test_near_uniform_plans_take_the_fewest_groups_to_the_next_ratio_biggest_saving_first():
-    """_between_uniform: where uniform 0.5 is just over a params limit and 0.75 is within, every group
-    at 0.5 and the fewest at 0.75 that fit, the largest saving first; _probe_order gives each family
+    """between_uniform: where uniform 0.5 is just over a params limit and 0.75 is within, every group
+    at 0.5 and the fewest at 0.75 that fit, the largest saving first; probe_order gives each family
     (the allocation, uniform, near-uniform) a probe before a second plan of any family."""
     from compiler.cost.allocate import Candidate
-    from passes.budget import BudgetPass, _probe_order
+    from passes.budget_uniform import between_uniform, probe_order
 
     sizes = {"a": 100, "b": 400, "c": 200, "d": 50}  # params of each channel group, unpruned
     tables = {g: [Candidate(None, 1.0, n, n)] + [Candidate({"prune": r}, 1.0, int(n * (1 - r) ** 2), n)
@@ -620,15 +621,11 @@ def test_near_uniform_plans_take_the_fewest_groups_to_the_next_ratio_biggest_sav
         calls.append(plan)
         return {"params": sum(c.params for c in plan.values()), "ms": 4.0, "macs": 0.0}, 1.0
 
-    def uniform(choice):
-        return {g: next(c for c in t if c.choice and choice(g, c.choice)) for g, t in tables.items()}
-
-    planner = BudgetPass(budget=Budget(params=150), target=CPU, prune_ratios=(0.25, 0.5, 0.75))
     # uniform 0.5: 25 + 100 + 50 + 12 = 187 > 150; moving b (the biggest saving) to 0.75: 187 - 75 = 112
-    (name, plan), = [t for t in planner._between_uniform(uniform, judged, {"params": 150}) if "0.5, 0.75" in t[0]]
+    (name, plan), = [t for t in between_uniform(tables, (0.25, 0.5, 0.75), judged, {"params": 150}) if "0.5, 0.75" in t[0]]
     assert name == "uniform prune 0.5, 0.75 on 1 of 4 groups"
     assert plan["b"].choice == {"prune": 0.75} and all(plan[g].choice == {"prune": 0.5} for g in "acd")
     assert judged(plan)[0]["params"] <= 150
-    ordered = _probe_order([(0.1, "uniform prune 0.75", {}), (0.2, "uniform prune 0.5", {}), (0.3, name, {}),
-                            (0.4, "greedy", {})], "greedy")
+    ordered = probe_order([(0.1, "uniform prune 0.75", {}), (0.2, "uniform prune 0.5", {}), (0.3, name, {}),
+                           (0.4, "greedy", {})], "greedy")
     assert [t[1] for t in ordered] == ["uniform prune 0.75", name, "greedy", "uniform prune 0.5"]

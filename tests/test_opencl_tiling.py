@@ -110,8 +110,16 @@ def test_tiled_run_matches_eager_and_the_untiled_lowering(model_fn):
 NOT_TILED = {"convnext_tiny", "shufflenet_v2_x1_0", "swin_t", "swin_v2_t"}
 
 
+# 224 only: alexnet, vgg16, maxvit_t, vit_b_16. The MobileNet-style nets are one case for the tiling
+# (mobilenet_v2, mobilenet_v3_small): efficientnet_b0, mnasnet0_5 and mobilenet_v3_large add 26 to
+# 41 s each of cold kernel builds and no layout the tiler treats differently (their ops' parity is
+# test_opencl_runtime's).
+TILED_ZOO = sorted(set(zoo.ZOO) - {"alexnet", "vgg16", "maxvit_t", "vit_b_16", "efficientnet_b0", "mnasnet0_5",
+                                   "mobilenet_v3_large"})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(set(zoo.ZOO) - {"alexnet", "vgg16", "maxvit_t", "vit_b_16"}))  # 224 only
+@pytest.mark.parametrize("name", TILED_ZOO)
 def test_zoo_tiled_at_batch_3_matches_eager(name):
     model, x1 = zoo.build(name)
     x = torch.randn(3, *x1.shape[1:])

@@ -11,11 +11,13 @@ METHODS = ["svd", "spatial_svd", "tucker2", "cp", "tt"]
 # or only Linear layers (vit_b_16) besides the skipped first and last layer.
 NOTHING_TO_DO = {(m, k) for m in ("mobilenet_v2", "efficientnet_b0", "vit_b_16") for k in ("spatial_svd", "tucker2", "cp")} | {
     ("mobilenet_v2", "tt"), ("efficientnet_b0", "tt")}
+# VGG-16 (138M params) takes 33 to 59 s a method: it keeps the methods its big Linears and plain 3x3
+# convs are there for (SVD, Tucker-2); spatial SVD, CP and TT on 3x3 convs meet ResNet and ConvNeXt.
+CASES = [(m, k) for m in MODELS for k in METHODS if not (m == "vgg16" and k in ("spatial_svd", "cp", "tt"))]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name, method", CASES)
 def test_factorized_zoo_exports_with_parity(name, method, tmp_path):
     model, x = zoo.build(name)
     cm = compiler.compile(model, x, pipeline=["cleanup", "fold_bn", {"name": "factorize", "method": method, "rank": 0.1}, "fuse"])
