@@ -175,7 +175,7 @@ def compile(
     -------
     CompiledModel
     """
-    from runtime import get_backend  # the facade wires the layers; core compiler modules never import runtime
+    from runtime import device_runner, get_backend  # the facade wires the layers; core modules never import runtime
 
     check_module(model)
     inputs = as_input_tuple(example_inputs)
@@ -235,7 +235,7 @@ def compile(
 
         pipeline = [_with(p, stages=finetune.stages, recover_stage=recover_stage) if p.name == "budget" else p
                     for p in pipeline]
-    gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(gm, inputs, reference=reference)
+    gm, report = PassManager(pipeline, verify=verify, dump_dir=dump_dir, device=device_runner).run(gm, inputs, reference=reference)
     report.rows[0].seconds = trace_seconds
     report.model = type(model).__name__
     report.target = target

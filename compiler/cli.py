@@ -183,12 +183,10 @@ def _cmd_passes(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from runtime.opencl.device import open_device
-
     from .cost.calibrate import calibrate, default_profile_path
 
     profile = calibrate(per_family=args.per_family, networks=args.networks, progress=not args.no_progress)
-    path = profile.save(args.output or default_profile_path(open_device().name))
+    path = profile.save(args.output or default_profile_path(profile.device))
     print(f"calibration profile for '{profile.device}' ({len(profile.samples)} layers, {len(profile.networks)} networks) written to {path}")
     return 0
 

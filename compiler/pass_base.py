@@ -12,6 +12,7 @@ TOML ``[[pass]]`` table may set.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,6 +27,11 @@ from .report import Refusal
 EXACT_TOLERANCE = 1e-5
 
 _REGISTRY: dict[str, type["Pass"]] = {}
+
+# What a pass that times graphs on the device is given: ``device(gm, example_inputs)`` prepares ``gm``
+# to run there and returns the call that runs it on those inputs. The facade (``compiler.compile``)
+# wires the OpenCL runtime's (``runtime.device_runner``); passes never import the runtime.
+DeviceRunner = Callable[[fx.GraphModule, tuple[torch.Tensor, ...]], Callable[[], object]]
 
 
 @dataclass
@@ -42,11 +48,13 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What a pass may use besides the graph: example inputs and the cached analyses."""
+    """What a pass may use besides the graph: example inputs, the cached analyses, and the device
+    runner (``DeviceRunner``; None when nothing wired one: such a pass then does not time)."""
 
     example_inputs: tuple[torch.Tensor, ...]
     analyses: Analyses
     passes_before: list[str] = field(default_factory=list)
+    device: DeviceRunner | None = None
 
 
 class Pass:

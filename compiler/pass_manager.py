@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .analysis import Analyses
 from .errors import BudgetError, CalibrationError, CompilerError, PassError, VerificationError
 from .instruments import GraphDump, Instrument, NumericVerify, Stats, Timing
-from .pass_base import Pass, PassContext, PassResult
+from .pass_base import DeviceRunner, Pass, PassContext, PassResult
 from .pipelines import PipelineSpec, load_pipeline
 from .report import CompileReport, PassRow
 from .trace import TRACE_INFO, as_input_tuple
@@ -34,6 +34,9 @@ class PassManager:
     instruments : extra ``Instrument`` objects.
     progress : bool
         Show a tqdm bar over the passes.
+    device : DeviceRunner, optional
+        What passes that time graphs on the device use (the budget pass's device check);
+        ``compiler.compile`` gives the OpenCL runtime's, ``runtime.device_runner``.
 
     Examples
     --------
@@ -49,8 +52,10 @@ class PassManager:
         dump_dir: str | Path | None = None,
         instruments: Sequence[Instrument] = (),
         progress: bool = False,
+        device: DeviceRunner | None = None,
     ):
         self.passes: list[Pass] = load_pipeline(pipeline)
+        self.device = device
         self.verify = verify
         self.dump_dir = dump_dir
         self.extra_instruments = list(instruments)
@@ -63,7 +68,7 @@ class PassManager:
         ``gm`` before any pass.
         """
         inputs = as_input_tuple(example_inputs)
-        ctx = PassContext(inputs, Analyses(gm, inputs))
+        ctx = PassContext(inputs, Analyses(gm, inputs), device=self.device)
         instruments: list[Instrument] = [Timing(), Stats()]
         if self.verify:
             instruments.append(NumericVerify(reference))

@@ -148,6 +148,7 @@ class BudgetPass(Pass, name="budget"):
         self.plan_path, self.progress, self.tolerance = plan_path, progress, tolerance
         # time the model before and after on the device: by default when planning for the live device
         self.measure = target == "device" if measure is None else bool(measure)
+        self._measure_asked = measure is not None and bool(measure)
         self.measure_span_s = float(measure_span_s)  # each timing's rounds spread over this long (slow phases)
         self.plan: Plan | None = None
         self._touched: dict[str, set[str]] = {}  # per pruning table, the layers whose weights it reshapes (run)
@@ -168,6 +169,7 @@ class BudgetPass(Pass, name="budget"):
 
     def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         cm = self.cost_model()
+        measure, unmeasured = self._can_measure(ctx)
         nodes, refusals = self._layers(gm)
         inputs = _capture_inputs(gm, nodes, ctx.example_inputs)
         reference = _run(gm, ctx.example_inputs)
@@ -207,7 +209,7 @@ class BudgetPass(Pass, name="budget"):
                 return picks, alloc.allocator
 
             picks, allocator = planned(limits)
-            if self.measure and "ms" in limits:
+            if measure and "ms" in limits:
                 picks, allocator, corrections, measured = self._measured_corrections(gm, ctx, planned, picks, allocator,
                                                                                      limits)
         else:
@@ -226,7 +228,7 @@ class BudgetPass(Pass, name="budget"):
             picks = _changes(found.picks)
             allocator = f"search ({self.search.sampler})"
         plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
-        original = copy.deepcopy(gm) if self.measure and measured is None else None
+        original = copy.deepcopy(gm) if measure and measured is None else None
         results = _apply(plan, gm, ctx, after_step=self.recover)
         err = _rel_err(reference, _run(gm, ctx.example_inputs))
         if b.max_output_error is not None and err > b.max_output_error:
@@ -248,7 +250,8 @@ class BudgetPass(Pass, name="budget"):
         if corrections:
             plan.predicted["measured_corrections"] = corrections
         warnings = [f"budget: the plan misses {k} after applying it ({t_after[k]:.4g} > {limits[k]:.4g})" for k in violated]
-        if self.measure:
+        warnings += unmeasured
+        if measure:
             if measured is None:  # else the device check's last timing is of this plan
                 measured = _measured_ms({"before": original, "after": gm}, ctx, self.measure_span_s)
             plan.predicted["measured_ms"] = measured
@@ -273,6 +276,18 @@ class BudgetPass(Pass, name="budget"):
         summary = {"plan": plan.layers, "prune": plan.prune, **plan.predicted}
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details,
                           summary=summary, warnings=warnings)
+
+    def _can_measure(self, ctx: PassContext) -> tuple[bool, list[str]]:
+        """Whether the plan is timed on the device, and the warning when it would be but cannot: the
+        context has no device runner (``compile()`` wires one; ``PassManager(device=...)`` by hand).
+        Asked for explicitly (``measure=True``), no runner is an error."""
+        if not self.measure or ctx.device is not None:
+            return self.measure, []
+        why = ("the pass context has no device runner: run it through compiler.compile(), or give "
+               "PassManager(..., device=runtime.device_runner)")
+        if self._measure_asked:
+            raise PipelineError(f"budget: measure=True times the plan on the device, but {why}")
+        return False, [f"budget: the plan is not timed on the device: {why}"]
 
     def _measured_corrections(self, gm, ctx, planned, picks, allocator, limits):
         """The plan checked on the device: applied to a copy and timed against ``gm`` in turns; while it

@@ -95,18 +95,13 @@ def _fused(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 
 def _measured_ms(graphs: dict[str, fx.GraphModule], ctx: PassContext, span_s: float = 0.0) -> dict[str, float]:
-    """Wall ms per call of each graph as the OpenCL runtime runs it, fused as ``_predicted_ms`` prices
-    it, timed in turns (``compiler.cost.wall_ms_each``, the statistic the calibration fits), 8 rounds
-    spread over ``span_s``. Over 1 s, one such timing read a MobileNetV2 plan 4.06 ms that budget.py,
-    over 20 s, read 4.18 for a more compressed one: this host's slow phases last seconds."""
+    """Wall ms per call of each graph as the device runs it (``ctx.device``), fused as ``_predicted_ms``
+    prices it, timed in turns (``compiler.cost.wall_ms_each``, the statistic the calibration fits), 8
+    rounds spread over ``span_s``. Over 1 s, one such timing read a MobileNetV2 plan 4.06 ms that
+    budget.py, over 20 s, read 4.18 for a more compressed one: this host's slow phases last seconds."""
     from compiler.cost import wall_ms_each
-    from compiler.report import CompileReport
-    from runtime.opencl.backend import OpenCLBackend
 
-    runs = {}
-    for name, g in graphs.items():
-        runner = OpenCLBackend().prepare(_fused(g, ctx), ctx.example_inputs, CompileReport())
-        runs[name] = lambda r=runner: r(*ctx.example_inputs)
+    runs = {name: ctx.device(_fused(g, ctx), ctx.example_inputs) for name, g in graphs.items()}
     with torch.no_grad():
         return wall_ms_each(runs, rounds=8, per_block=5, span_s=span_s)
 

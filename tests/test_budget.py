@@ -1,4 +1,5 @@
 """Budgets: validation, allocation over candidate tables, the budget pass, plans as replayable data."""
+import copy
 import re
 from dataclasses import replace
 
@@ -438,6 +439,37 @@ def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_pa
         assert any(re.search(match, w) for w in run(measure=True).report.warnings), match
     monkeypatch.setattr(budget_pass, "_measured_ms", lambda graphs, ctx, span_s: {"before": 1.0, "after": 0.65})
     assert not [w for w in run(measure=True).report.warnings if "budget" in w]
+
+
+def test_timing_on_the_device_comes_through_the_pass_context(monkeypatch):
+    """The budget pass times plans with the context's device runner (compile() wires the OpenCL
+    runtime's); run by hand without one, measure=True is a typed error and the default a warning.
+    passes/ imports nothing from runtime/."""
+    from pathlib import Path
+
+    gm = compiler.compile(Net().eval(), torch.randn(2, 3, 32, 32), pipeline=["cleanup"]).graph_module
+    x = torch.randn(2, 3, 32, 32)
+    step = {"name": "budget", "target": CPU, "budget": {"latency_ratio": 0.6}, "measure_span_s": 0}
+    with pytest.raises(compiler.PassError, match=r"budget.*measure=True .* no device runner: run it through compiler.compile\(\)"):
+        compiler.PassManager([{**step, "measure": True}], verify=False).run(copy.deepcopy(gm), (x,))
+    calls = []
+
+    def device(g, inputs):
+        calls.append(g)
+        return lambda: g(*inputs)
+
+    _, report = compiler.PassManager([{**step, "measure": True}], verify=False, device=device).run(copy.deepcopy(gm), (x,))
+    assert len(calls) >= 2 and set(report.row("budget").summary["measured_ms"]) == {"before", "after"}
+    from compiler.cost import CostModel
+    from passes.budget import BudgetPass
+
+    monkeypatch.setattr(BudgetPass, "cost_model", lambda self: CostModel(CPU))  # the live device's, priced offline
+    _, report = compiler.PassManager([{**step, "target": "device"}], verify=False).run(copy.deepcopy(gm), (x,))
+    assert "measured_ms" not in report.row("budget").summary
+    assert [w for w in report.warnings if "not timed on the device: the pass context has no device runner" in w]
+    offenders = [str(f) for f in (Path(__file__).parents[1] / "passes").rglob("*.py")
+                 if re.search(r"^\s*(from runtime|import runtime)", f.read_text(), re.M)]
+    assert offenders == []
 
 
 def test_a_plan_the_device_measures_over_its_goal_is_made_again_tighter(monkeypatch):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .device import cache_root, open_device
 from .families import CONV, CONV_1X1, DWCONV, FAMILIES, GEMM, WINOGRAD, WINOGRAD_MIN_CHANNELS
 
 from ..errors import InputError, choices
@@ -274,14 +275,11 @@ def calibrate(*, per_family: int = 60, networks: int = 24, families=FAMILIES, se
     """Measure ``per_family`` sampled layers of each kernel family, and ``networks`` random whole
     networks, on the OpenCL device the runtime uses (``$FXCOMPRESS_OPENCL_DEVICE`` or PoCL's CPU);
     a minute or two."""
-    from runtime.opencl.device import open_device
-    from runtime.opencl.probe import measure_target
-
     bad = [f for f in families if f not in FAMILIES]
     if bad:
         raise InputError(f"unknown kernel families {bad}, valid families are {choices(FAMILIES)}")
     dev = open_device()
-    target = measure_target(dev)
+    target = dev.target()
     rng = random.Random(seed)
     layers = [sample_module(f, rng) for f in families for _ in range(per_family)]
     nets = [sample_network(rng) for _ in range(networks)]
@@ -309,17 +307,13 @@ def calibrate(*, per_family: int = 60, networks: int = 24, families=FAMILIES, se
 
 
 def default_profile_path(device_name: str) -> Path:
-    from runtime.opencl.programs import cache_dir
-
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()[:80]
-    return cache_dir().parent / "cost" / f"{slug}.json"
+    return cache_root() / "cost" / f"{slug}.json"
 
 
 def ensure_profile(*, progress: bool = False) -> tuple[Path, float | None]:
     """This OpenCL device's calibration profile (``default_profile_path``), made by ``calibrate``
     first when there is none; and the seconds that took (None when the profile was there)."""
-    from runtime.opencl.device import open_device
-
     path = default_profile_path(open_device().name)
     if path.exists():
         return path, None
@@ -334,9 +328,6 @@ def device_cost_model(profile: str | os.PathLike | None = None) -> CostModel:
     the roofline of the device's measured Target alone, with a warning that says how to calibrate.
     No device raises the runtime's NoOpenCLError (with its install hint); a stale or foreign
     profile raises CalibrationError."""
-    from runtime.opencl.device import open_device
-    from runtime.opencl.probe import measure_target
-
     dev = open_device()
     path = Path(profile) if profile is not None else default_profile_path(dev.name)
     if profile is not None or path.exists():
@@ -344,4 +335,4 @@ def device_cost_model(profile: str | os.PathLike | None = None) -> CostModel:
         return CostModel(prof.target, prof)
     log.warning("no calibration profile for '%s' at %s: predicting from the roofline alone; run "
                 "`fxcompress calibrate` (a few minutes) for calibrated predictions", dev.name, path)
-    return CostModel(measure_target(dev))
+    return CostModel(dev.target())
