@@ -19,9 +19,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterable
 
-import torch
 import torch.fx as fx
-from torch import nn
 
 from compiler.analysis import node_macs
 from compiler.errors import PipelineError, PruningError, choices

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .device import cache_root, open_device
-from .families import CONV, CONV_1X1, DWCONV, FAMILIES, GEMM, WINOGRAD, WINOGRAD_MIN_CHANNELS
+from .families import CONV_1X1, DWCONV, FAMILIES, GEMM, WINOGRAD, WINOGRAD_MIN_CHANNELS
 
 from ..errors import InputError, choices
 from .layers import Layer, conv_layer, linear_layer

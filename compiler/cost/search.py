@@ -17,7 +17,6 @@ Pure of torch: the budget pass builds the tables and the evaluation.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable

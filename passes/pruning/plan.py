@@ -15,7 +15,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import torch
 import torch.fx as fx
 from torch import nn
 

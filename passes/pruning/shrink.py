@@ -20,7 +20,6 @@ from torch import nn
 
 from compiler import meta
 from compiler.errors import PruningError
-from compiler.graph import fetch_attr
 
 from .attention import mask_heads, shrink_heads
 from .channels import ChannelGraph, Entry

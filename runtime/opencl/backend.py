@@ -12,7 +12,6 @@ import time
 import torch
 import torch.fx as fx
 
-from compiler import meta
 from compiler.errors import InputError
 from compiler.report import CompileReport
 

@@ -9,8 +9,6 @@ import numpy as np
 import pyopencl as cl
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
-from torch import nn
 
 from compiler import meta
 from compiler.cost.families import channel_blocks
