@@ -3,7 +3,7 @@
     fxcompress compile path/to/model.py:factory --input-shape 1,3,224,224 [--pipeline p.toml]
     fxcompress compile timm:mobilenetv2_100 --input-shape 1,3,224,224 [--weights state_dict.pt]
                        [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
-                       [--finetune-data fashion-mnist [--epochs 3] [--lr 1e-3] [--train-limit N] ...]
+                       [--finetune-data fashion-mnist [--epochs 3] [--lr 3e-3] [--train-limit N] ...]
     fxcompress passes
     fxcompress calibrate [--per-family 60] [--networks 24] [-o profile.json]
 """
@@ -211,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     f = c.add_argument_group("fine-tuning", "distil the original model into the compressed one after the passes")
     f.add_argument("--finetune-data", choices=DATASETS, help="fine-tune on this data set (installed, never downloaded)")
     f.add_argument("--epochs", type=int, help="fine-tuning epochs (default 3)")
-    f.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule (default 1e-3)")
+    f.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule (default 3e-3)")
     f.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
-    f.add_argument("--alpha", type=float, help="weight of the teacher's soft targets; the rest is label cross-entropy (default 0.9)")
-    f.add_argument("--temperature", type=float, help="distillation temperature (default 4)")
+    f.add_argument("--alpha", type=float, help="weight of the teacher's soft targets; the rest is label cross-entropy (default 0.5)")
+    f.add_argument("--temperature", type=float, help="distillation temperature (default 2)")
     f.add_argument("--batch-size", type=int, help="global training batch (default 128)")
     f.add_argument("--train-limit", type=int, help="use only the first N training images (a tenth of them for validation)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
