@@ -37,3 +37,10 @@ def get_backend(name: str) -> Backend:
     if name not in backends:
         raise InputError(f"unknown target '{name}', valid targets are {choices(backends)}")
     return backends[name]
+
+
+def device_runner(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    """``gm`` prepared by the OpenCL backend, and the call that runs it on ``example_inputs``: the
+    ``compiler.pass_base.DeviceRunner`` that ``compiler.compile`` gives passes that time on the device."""
+    runner = get_backend("opencl").prepare(gm, example_inputs, CompileReport())
+    return lambda: runner(*example_inputs)
