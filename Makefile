@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.fxcompress-installed
-DEB_PACKAGES := pocl-opencl-icd dataset-fashion-mnist
+# chromium: the HTML report's test renders the page headless (tests/test_report_html.py)
+DEB_PACKAGES := pocl-opencl-icd dataset-fashion-mnist chromium
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-deps clean

@@ -2,7 +2,7 @@
 
     fxcompress compile path/to/model.py:factory --input-shape 1,3,224,224 [--pipeline p.toml]
     fxcompress compile timm:mobilenetv2_100 --input-shape 1,3,224,224 [--weights state_dict.pt]
-                       [--target torch|onnx|opencl] [-o out.onnx] [--report report.json]
+                       [--target torch|onnx|opencl] [-o out.onnx] [--report report.html|report.json]
                        [--finetune-data fashion-mnist [--epochs 3] [--lr 3e-3] [--train-limit N] ...]
     fxcompress passes
     fxcompress calibrate [--per-family 60] [--networks 24] [-o profile.json]
@@ -123,7 +123,10 @@ def _cmd_compile(args) -> int:
     if loaders is not None:
         _print_finetune(cm.report.finetune, model, cm, loaders.test)
     if args.report:
-        cm.report.save(args.report)
+        if str(args.report).lower().endswith((".html", ".htm")):
+            cm.report.save_html(args.report)
+        else:
+            cm.report.save(args.report)
         print(f"report written to {args.report}")
     return 0
 
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--target", default="torch", help="torch | onnx | opencl (default: torch)")
     c.add_argument("-o", "--output", help="export the compiled graph to this ONNX file")
     c.add_argument("--dynamic-batch", action="store_true", help="make the ONNX batch dimension dynamic")
-    c.add_argument("--report", help="write the compile report as JSON here")
+    c.add_argument("--report", help="write the compile report here: a self-contained HTML page if the name ends in "
+                                    ".html, else JSON")
     c.add_argument("--dump-dir", help="write the graph after every pass to this directory")
     c.add_argument("--seed", type=int, default=0, help="seed of the random example inputs (and of fine-tuning's shuffling)")
     f = c.add_argument_group("fine-tuning", "distil the original model into the compressed one after the passes")

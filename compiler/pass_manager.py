@@ -15,6 +15,7 @@ from .instruments import GraphDump, Instrument, NumericVerify, Stats, Timing
 from .pass_base import DeviceRunner, Pass, PassContext, PassResult
 from .pipelines import PipelineSpec, load_pipeline
 from .report import CompileReport, PassRow
+from .sketch import sketch
 from .trace import TRACE_INFO, as_input_tuple
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class PassManager:
             auto_leaves=[{"path": a.path, "reason": a.reason} for a in info.auto_leaves] if info else [],
             canonical=info.canonical.to_dict() if info and info.canonical else None,
         )
+        report.graphs = {"before": sketch(gm)}
         base = PassRow("trace")
         for ins in instruments:
             ins.before_run(gm, ctx, base)
@@ -106,6 +108,7 @@ class PassManager:
                 log.info("%s refused %s: %s", p.name, r.node, r.reason)
             report.rows.append(row)
             ctx.passes_before.append(p.name)
+        report.graphs["after"] = sketch(gm)
         return gm, report
 
     @staticmethod

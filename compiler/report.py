@@ -52,6 +52,8 @@ class CompileReport:
     # on val_data: the original's, after the passes and after fine-tuning ({kl, agreement, accuracy} each)
     accuracy: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    # outlines of the graph before and after the passes, for the HTML report's drawings (compiler.sketch)
+    graphs: dict | None = None
 
     def row(self, name: str) -> PassRow:
         for r in self.rows:
@@ -67,6 +69,15 @@ class CompileReport:
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, self.to_json() + "\n")
+
+    def to_html(self) -> str:
+        """One self-contained page: tables, the Pareto plot of a budget or search, graph drawings."""
+        from .report_html import render
+
+        return render(self)
+
+    def save_html(self, path: str | os.PathLike) -> None:
+        write_text_atomic(path, self.to_html())
 
     def __str__(self) -> str:
         head = ["pass", "time s", "changed", "matches", "params", "MACs", "nodes", "max abs err", "max rel err"]
@@ -129,7 +140,12 @@ def summary_lines(name: str, summary: dict) -> list[str]:
     """A pass's decision in a few lines: its scalar entries, and before -> after of the dicts that
     have both (the budget pass's predicted and measured totals, its accuracy)."""
     lines = [f"{name}: summary"]
+    b, a = summary.get("before"), summary.get("after")
+    if isinstance(b, dict) and isinstance(a, dict):  # the plan's totals, predicted
+        lines.append("  predicted: " + ", ".join(f"{q} {_cell(b[q])} -> {_cell(a[q])}" for q in b if q in a))
     for k, v in summary.items():
+        if k in ("before", "after") and isinstance(b, dict) and isinstance(a, dict):
+            continue
         if isinstance(v, dict) and "before" in v and "after" in v:
             b, a = v["before"], v["after"]
             if isinstance(b, dict):
@@ -137,6 +153,8 @@ def summary_lines(name: str, summary: dict) -> list[str]:
             else:
                 lines.append(f"  {k}: {_cell(b)} -> {_cell(a)}" + "".join(
                     f", {q} {_cell(x)}" for q, x in v.items() if q not in ("before", "after")))
+        elif isinstance(v, dict) and v and len(v) <= 6 and not any(isinstance(x, (dict, list)) for x in v.values()):
+            lines.append(f"  {k}: " + ", ".join(f"{q} {_cell(x)}" for q, x in v.items()))
         elif isinstance(v, dict):
             lines.append(f"  {k}: {len(v)} entries" if v else f"  {k}: none")
         elif not isinstance(v, list):
@@ -148,29 +166,38 @@ def layer_table(details: list[dict]) -> list[str]:
     """Per-layer (or per-group) rows of a lossy pass, with totals of the before/after columns: one
     table per run of rows with the same columns (the budget pass's pruned groups, then its
     factorized layers)."""
+    return [line for i, run in enumerate(layer_runs(details)) for line in ([""] if i else []) + _one_table(run)]
+
+
+def layer_runs(details: list[dict]) -> list[list[dict]]:
+    """``details`` split into runs of rows with the same columns, one table each."""
     runs: list[list[dict]] = []
     for d in details:
         if runs and list(runs[-1][0]) == list(d):
             runs[-1].append(d)
         else:
             runs.append([d])
-    if len(runs) > 1:
-        return [line for i, run in enumerate(runs) for line in ([""] if i else []) + _one_table(run)]
-    return _one_table(details)
+    return runs
 
 
-def _one_table(details: list[dict]) -> list[str]:
+def layer_cells(details: list[dict], arrow: str = "->") -> tuple[list[str], list[list[str]]]:
+    """The head and rows of one run of per-layer rows: ``x_before`` / ``x_after`` pairs become one
+    ``before -> after`` column, and a last row totals them."""
     keys = list(details[0])
     pairs = [k[: -len("_before")] for k in keys if k.endswith("_before") and k[: -len("_before")] + "_after" in keys]
     plain = [k for k in keys if not any(k in (f"{p}_before", f"{p}_after") for p in pairs)]
-    head = plain + pairs
-    body = [[_cell(d[k]) for k in plain] + [f"{_cell(d[p + '_before'])} -> {_cell(d[p + '_after'])}" for p in pairs]
+    body = [[_cell(d[k]) for k in plain] + [f"{_cell(d[p + '_before'])} {arrow} {_cell(d[p + '_after'])}" for p in pairs]
             for d in details]
     totals = []
     for p in pairs:
         b, a = sum(d[p + "_before"] or 0 for d in details), sum(d[p + "_after"] or 0 for d in details)
-        totals.append(f"{_cell(b)} -> {_cell(a)} ({b / max(a, 1):.2f}x)")
+        totals.append(f"{_cell(b)} {arrow} {_cell(a)} ({b / max(a, 1e-12):.2f}x)")
     body.append([f"total ({len(details)})"] + [""] * (len(plain) - 1) + totals)
+    return plain + pairs, body
+
+
+def _one_table(details: list[dict]) -> list[str]:
+    head, body = layer_cells(details)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = lambda cells: "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return [fmt(head), fmt(["-" * w for w in widths]), *(fmt(b) for b in body)]

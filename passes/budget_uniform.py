@@ -93,13 +93,15 @@ def against_uniform(picks: Plan, allocator: str, plans: list[tuple[str, Plan]], 
     Decomposition, checks its candidates so), the ``probes`` first of ``probe_order`` are probed and
     the least probed error wins: what fine-tuning wins back does not count against a plan. Returns
     the plan kept, its name, and the record for the report (``{"allocation", "tried", "probed",
-    "kept"}``)."""
-    own = judged(picks)[1]
+    "kept", "points"}``; ``points``: every plan's predicted totals and calibration error)."""
+    own_totals, own = judged(picks)
     scored = [(own, allocator, picks)]
+    points = {allocator: {"name": allocator, **own_totals, "error": own}}  # for the report's Pareto plot
     for name, plan in plans:
         if not plan:
             continue
         totals, err = judged(plan)
+        points[name] = {"name": name, **totals, "error": err}
         if not _over(totals, limits):
             scored.append((err, name, plan))
     scored.sort(key=lambda t: t[0])
@@ -115,6 +117,7 @@ def against_uniform(picks: Plan, allocator: str, plans: list[tuple[str, Plan]], 
         record["probed"] = {n: e for e, n, _ in checked}
         best = min(checked, key=lambda t: t[0])
     record["kept"] = best[1]
+    record["points"] = [{**p, "within_limits": not _over(p, limits), "kept": n == best[1]} for n, p in points.items()]
     return best[2], best[1], record
 
 

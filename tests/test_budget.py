@@ -545,6 +545,11 @@ def test_budget_with_data_scores_by_kl_keeps_floors_and_the_report_prints_accura
     assert s["calibration"]["after"]["kl"] > 0 and "accuracy" in s["calibration"]["after"]
     assert set(s["uniform"]["tried"]) and s["uniform"]["kept"]
     assert 1 < len(s["uniform"]["probed"]) <= 3 and s["uniform"]["kept"] in s["uniform"]["probed"]  # probe fine-tunes
+    pts = s["uniform"]["points"]  # every plan weighed, for the report's Pareto plot: the kept one marked
+    assert [p["name"] for p in pts if p["kept"]] == [s["uniform"]["kept"]] and all(p["ms"] > 0 for p in pts)
+    cm.report.save_html(tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "plans weighed on calibration data (KL)" in page and "kept plan" in page and ">Accuracy</h2>" in page
     from passes.factor_layers import FactorChain
 
     gm = cm.graph_module
