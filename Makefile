@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test setup system-deps clean
 
 demo: setup
-	$(PY) examples/quickstart.py
+	$(PY) examples/demo.py
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 $(PYTEST_ARGS)

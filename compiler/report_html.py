@@ -194,6 +194,10 @@ def _pareto_svg(plt, series: dict[str, list[dict]], summary: dict) -> str:
         pts = [p for p in pts if p.get("ms") is not None and p.get("error") is not None]
         ax.plot([p["ms"] for p in pts], [p["error"] for p in pts], "o" if "KL" in title else "o-", ms=4,
                 color="#4477aa", label="plans")
+        missed = [p for p in pts if p.get("within_limits") is False]
+        if missed:
+            ax.plot([p["ms"] for p in missed], [p["error"] for p in missed], "o", ms=7, mfc="white", color="#4477aa",
+                    label="misses a limit of the budget")
         kept = [p for p in pts if p.get("kept")]
         if kept:
             ax.plot([p["ms"] for p in kept], [p["error"] for p in kept], "*", ms=14, color="#cc3311", label="kept plan")

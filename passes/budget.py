@@ -253,8 +253,8 @@ class BudgetPass(Pass, name="budget"):
                           "allocator": allocator, "limits": limits,
                           "considered": considered}
         if self.search is None and self.front_points:
-            plan.predicted["front"] = self._front(original, ctx, cm, tables, fixed, before, sensitivity,
-                                                  {**t_after, "error": sensitivity(gm)})
+            plan.predicted["front"] = [{**p, "within_limits": not _over(p, limits)} for p in self._front(
+                original, ctx, cm, tables, fixed, before, sensitivity, {**t_after, "error": sensitivity(gm)})]
         if cal is not None:
             plan.predicted["sensitivity"] = f"KL divergence to the original on {cal.images} calibration images"
             plan.predicted["calibration"] = {"before": cal_before, "after": cal.metrics(gm)}
@@ -294,9 +294,10 @@ class BudgetPass(Pass, name="budget"):
 
     def _front(self, original, ctx, cm, tables, fixed, before_ms, sensitivity, kept) -> list[dict]:
         """The report's Pareto plot: the allocation at ``front_points`` other latency limits (evenly
-        from 0.3 of the original's predicted latency to all of it), each applied to a copy of the
-        graph as it was before the plan and scored like the kept plan (``sensitivity``), with the
-        kept plan marked. What the budget would have cost at other limits, by the same measure."""
+        from 0.3 of the original's predicted latency to all of it; the budget's other limits left
+        out, so the plot shows the latency trade-off even where params bind), each applied to a copy
+        of the graph as it was before the plan and scored like the kept plan (``sensitivity``), with
+        the kept plan marked. What the budget would have cost at other limits, by the same measure."""
         points = [{**kept, "kept": True}]
         for i in range(self.front_points):
             f = 0.3 + 0.7 * i / max(1, self.front_points - 1)
