@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 import torch.fx as fx
@@ -28,10 +28,21 @@ EXACT_TOLERANCE = 1e-5
 
 _REGISTRY: dict[str, type["Pass"]] = {}
 
+class DeviceRun(Protocol):
+    """``gm`` prepared on the device: calling it runs it once on the example inputs."""
+
+    def __call__(self) -> object: ...
+
+    def node_ms(self, repeats: int = 5) -> dict[str, float]:
+        """Median milliseconds per graph node over ``repeats`` runs, each node synchronised on its own
+        (so they add up to more than a run's wall time)."""
+        ...
+
+
 # What a pass that times graphs on the device is given: ``device(gm, example_inputs)`` prepares ``gm``
-# to run there and returns the call that runs it on those inputs. The facade (``compiler.compile``)
-# wires the OpenCL runtime's (``runtime.device_runner``); passes never import the runtime.
-DeviceRunner = Callable[[fx.GraphModule, tuple[torch.Tensor, ...]], Callable[[], object]]
+# to run there and returns a ``DeviceRun``. The facade (``compiler.compile``) wires the OpenCL
+# runtime's (``runtime.device_runner``); passes never import the runtime.
+DeviceRunner = Callable[[fx.GraphModule, tuple[torch.Tensor, ...]], DeviceRun]
 
 
 @dataclass

@@ -63,8 +63,9 @@ from compiler.pass_base import Pass, PassContext, PassResult
 from compiler.report import Refusal
 from compiler.target import Target
 
-from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _least_rank, _measured_ms, _method,
-                           _over, _plan, _predicted_ms, _price, _prune, _rel_err, _run, _totals)
+from .budget_plans import (PRUNE, _applied, _apply, _changes, _factorized, _kept, _layer_ms, _least_rank,
+                           _measured_layer_ms, _measured_ms, _method, _over, _plan, _predicted_ms, _price, _prune,
+                           _rel_err, _run, _totals)
 from .budget_stages import check_stages, in_stages
 from .budget_uniform import against_uniform, between_uniform, plan_key, uniform_plans
 from .factor_layers import FactorChain
@@ -240,7 +241,7 @@ class BudgetPass(Pass, name="budget"):
             picks = _changes(found.picks)
             allocator = f"search ({self.search.sampler})"
         plan = _plan(picks, budget={k: v for k, v in vars(b).items() if v is not None})
-        original = copy.deepcopy(gm) if (measure and measured is None) or (self.front_points and not found) else None
+        original = copy.deepcopy(gm) if measure or (self.front_points and not found) else None
         results = _apply(plan, gm, ctx, after_step=self.recover)
         err = _rel_err(reference, _run(gm, ctx.example_inputs))
         if b.max_output_error is not None and err > b.max_output_error:
@@ -286,8 +287,13 @@ class BudgetPass(Pass, name="budget"):
         details = [d for r in results for d in r.details]
         for d in details:
             if "layer" in d and d["layer"] in tables:  # a factorization: its layer's predicted time
-                d["predicted_ms"] = next((c.ms for c in tables[d["layer"]] if c.choice and c.choice == plan.layers.get(d["layer"])), None)
                 d["predicted_ms_before"] = tables[d["layer"]][0].ms
+                d["predicted_ms_after"] = next((c.ms for c in tables[d["layer"]]
+                                                if c.choice and c.choice == plan.layers.get(d["layer"])), None)
+        per_layer = _measured_layer_ms({"before": original, "after": gm}, ctx) if measure and details else None
+        for d in details if per_layer else ():  # each row's layers as the device ran them, node by node
+            layers = [d["layer"]] if "layer" in d else list(d.get("layers", ()))
+            d["measured_ms_before"], d["measured_ms_after"] = (_layer_ms(per_layer[k], layers) for k in ("before", "after"))
         summary = {"plan": plan.layers, "prune": plan.prune, **plan.predicted}
         return PassResult(modified=bool(picks), matches=len(picks), refusals=refusals, details=details,
                           summary=summary, warnings=warnings)

@@ -106,6 +106,26 @@ def _measured_ms(graphs: dict[str, fx.GraphModule], ctx: PassContext, span_s: fl
         return wall_ms_each(runs, rounds=8, per_block=5, span_s=span_s)
 
 
+def _measured_layer_ms(graphs: dict[str, fx.GraphModule], ctx: PassContext) -> dict[str, dict[str, float]] | None:
+    """Per graph, device ms per module path of its fused copy (``DeviceRun.node_ms``: each node
+    synchronised on its own); None when the context's device runner cannot time nodes."""
+    out = {}
+    for name, g in graphs.items():
+        fused = _fused(g, ctx)
+        run = ctx.device(fused, ctx.example_inputs)
+        if not callable(getattr(run, "node_ms", None)):
+            return None
+        paths = {n.name: str(n.target) for n in fused.graph.nodes if n.op == "call_module"}
+        with torch.no_grad():
+            out[name] = {paths[k]: v for k, v in run.node_ms().items() if k in paths}
+    return out
+
+
+def _layer_ms(per_path: dict[str, float], layers: list[str]) -> float:
+    """The device ms of ``layers`` and everything under them (a factorized layer's chain)."""
+    return sum(v for p, v in per_path.items() if any(p == q or p.startswith(q + ".") for q in layers))
+
+
 def _method(layer: nn.Module) -> str:
     """Tucker-2 for k x k convs, SVD for 1x1 convs and Linears."""
     return "svd" if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1) else "tucker2"

@@ -39,8 +39,20 @@ def get_backend(name: str) -> Backend:
     return backends[name]
 
 
-def device_runner(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-    """``gm`` prepared by the OpenCL backend, and the call that runs it on ``example_inputs``: the
+def device_runner(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> PreparedRun:
+    """``gm`` prepared by the OpenCL backend, to run on ``example_inputs``: the
     ``compiler.pass_base.DeviceRunner`` that ``compiler.compile`` gives passes that time on the device."""
-    runner = get_backend("opencl").prepare(gm, example_inputs, CompileReport())
-    return lambda: runner(*example_inputs)
+    return PreparedRun(get_backend("opencl").prepare(gm, example_inputs, CompileReport()), example_inputs)
+
+
+class PreparedRun:
+    """A prepared runner and its inputs (``compiler.pass_base.DeviceRun``)."""
+
+    def __init__(self, runner, example_inputs: tuple[torch.Tensor, ...]):
+        self.runner, self.inputs = runner, example_inputs
+
+    def __call__(self):
+        return self.runner(*self.inputs)
+
+    def node_ms(self, repeats: int = 5) -> dict[str, float]:
+        return self.runner.node_ms(*self.inputs, repeats=repeats)

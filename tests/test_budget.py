@@ -429,8 +429,10 @@ def test_the_report_holds_latency_measured_on_the_device_before_and_after(tmp_pa
                                                                 **extra}, "fuse"])
 
     assert "measured_ms" not in _budget_row(run()).summary  # an offline target: nothing to time
-    measured = _budget_row(run(measure=True)).summary["measured_ms"]
+    row = _budget_row(run(measure=True))
+    measured = row.summary["measured_ms"]
     assert set(measured) == {"before", "after"} and all(0 < v < 1e4 for v in measured.values())
+    assert row.details and all(d["measured_ms_after"] > 0 and d["measured_ms_before"] > 0 for d in row.details)  # per layer, node by node
     assert Plan.load(plan_path).predicted["measured_ms"] == measured
     # the warnings, with the timings fixed: slower than the original, then over the budget by more than 10%
     for times, match in (({"before": 1.0, "after": 1.2}, "slower than the original"),

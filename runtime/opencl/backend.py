@@ -7,6 +7,7 @@ Torch-fallback steps synchronise.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -104,6 +105,15 @@ class Runner:
         for step, ms in zip(self.lowered.steps, self.step_ms(*inputs)):
             times[step.kernel] = times.get(step.kernel, 0.0) + ms
         return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+    def node_ms(self, *inputs: torch.Tensor, repeats: int = 5) -> dict[str, float]:
+        """Median milliseconds per graph node over ``repeats`` runs of ``step_ms`` (a node's steps
+        added up: its batch tiles, a fallback's copies)."""
+        runs = [self.step_ms(*inputs) for _ in range(repeats)]
+        out: dict[str, float] = {}
+        for step, times in zip(self.lowered.steps, zip(*runs)):
+            out[step.node] = out.get(step.node, 0.0) + statistics.median(times)
+        return out
 
     def step_ms(self, *inputs: torch.Tensor) -> list[float]:
         """Milliseconds of each step of one run, synchronised one by one: its OpenCL profiling events,
