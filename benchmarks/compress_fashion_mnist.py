@@ -1,6 +1,6 @@
 """End to end on Fashion-MNIST: train, compress with every method, distil, measure accuracy and latency.
 
-    .venv/bin/python benchmarks/compress_fashion_mnist.py [--quick] [--models small_cnn,resnet8w] [--out DIR] [--cache DIR]
+    .venv/bin/python benchmarks/compress_fashion_mnist.py [--quick] [--models resnet8w,small_cnn] [--out DIR] [--cache DIR]
 
 1. Trains the reference models of ``examples/fashion_mnist.py`` (``small_cnn`` and ``resnet8w``, the
    ResNet-8 at widths 32/64/128, for 3 epochs; ``--models resnet8`` adds the narrow ResNet-8, 2), or
@@ -16,8 +16,8 @@
    The compass goal, on ``resnet8w``: the planner in the documented one call (``compile(budget=
    Budget(params=p0 // 10, latency_ratio=0.3), finetune=FineTune(epochs=2, stages=(0.5,)),
    train_data=, val_data=)``: probe fine-tunes of the best candidate plans, one stage half way with
-   1 epoch of recovery, 3 epochs in all) against uniform recipes (prune 0.6, 0.7, 0.8; prune 0.5 +
-   Tucker-2) fine-tuned 3 epochs each; it is met when the planner's point has >= 10x fewer params,
+   1 epoch of recovery, 3 epochs in all) against uniform recipes (prune 0.6, 0.7, 0.8) fine-tuned 3
+   epochs each; it is met when the planner's point has >= 10x fewer params,
    >= 3x lower measured OpenCL latency, <= 1 point lost, and beats by accuracy every uniform recipe
    that measures as fast (``compass``).
 3. Fine-tunes every point by distillation with the original as teacher (``FineTune``). The main
@@ -74,7 +74,9 @@ from fashion_mnist import evaluate, resnet, small_cnn, trained  # noqa: E402
 from runtime.onnx import OrtRunner, export_onnx  # noqa: E402
 
 MODELS = {"small_cnn": small_cnn, "resnet8": lambda: resnet(8), "resnet8w": lambda: resnet(8, width=32)}
-DEFAULT_MODELS = "small_cnn,resnet8w"
+# the compass network alone by default: small_cnn's sweep (15 minutes cold here) and the compass (33)
+# together are past the 30 allowed; `--models small_cnn,resnet8w` runs both
+DEFAULT_MODELS = "resnet8w"
 DEFAULT_CACHE = Path.home() / ".cache" / "fxcompress" / "bench"
 TARGET = dict(params=4.0, speedup=2.0, acc_loss_pt=1.0)  # the recovery issue's acceptance point, on small_cnn
 # The compass goal, on the ResNet-style reference (ResNet-8 at widths 32/64/128: nine convs, 308k
@@ -145,7 +147,8 @@ POINTS = (
     Point(label="planner: budget params 1/10, latency 0.3 (one call)", method="budget", main=True, models=COMPASS,
           quick=COMPASS, example_batch=256, one_call={"params": 0.1, "latency_ratio": 0.3}),  # 0.3: room under the 3x line for timing noise
     *(_prune(r, main=True, models=COMPASS, quick=COMPASS if r == 0.7 else ()) for r in (0.6, 0.7, 0.8)),
-    _prune_tucker2(0.5, 0.4, main=True, models=COMPASS),
+    # prune 0.5 + Tucker-2 params:0.4 (9.71x, 1.87x on OpenCL, -1.22 points when last run) is left out: never as
+    # fast as a 3x plan, so never the comparison the goal asks for, and its 3 epochs kept a cold run over 30 minutes
 )
 
 
