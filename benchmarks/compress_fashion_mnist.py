@@ -266,7 +266,9 @@ def _one_call(model: nn.Module, p: Point, x: torch.Tensor, loaders, s: Settings)
          "acc_before": None,  # the fine-tune is inside the call; report.accuracy has the validation figures
          "acc_kd": evaluate(gm, loaders.test)[1], "finetune": {"epochs": epochs, "images": len(loaders.train.dataset)},
          "finetune_kd_s": seconds, "accuracy": cm.report.accuracy, "plan": summary.get("plan"),
-         "prune": summary.get("prune"), "uniform": summary.get("uniform"), "allocator": summary.get("allocator")}
+         "prune": summary.get("prune"), "uniform": summary.get("uniform"), "allocator": summary.get("allocator"),
+         # the device check's timing of the last plan (against the model the stage before left, when staged)
+         "measured_ms": summary.get("measured_ms"), "stages": summary.get("stages")}
     return r, gm.eval()
 
 
