@@ -668,3 +668,35 @@ def test_near_uniform_plans_take_the_fewest_groups_to_the_next_ratio_biggest_sav
     ordered = probe_order([(0.1, "uniform prune 0.75", {}), (0.2, "uniform prune 0.5", {}), (0.3, name, {}),
                            (0.4, "greedy", {})], "greedy")
     assert [t[1] for t in ordered] == ["uniform prune 0.75", name, "greedy", "uniform prune 0.5"]
+
+
+def test_every_stage_is_timed_against_the_original_so_an_early_miss_is_made_up(monkeypatch):
+    """In stages to a latency ratio, each stage's device check times its plan against the original
+    as well, and its goal is the stage's fraction of the original's measured latency: a stage that
+    measures slower than predicted is made up by the next one. The device here is faked: a graph
+    takes sqrt(MACs), so compression under-delivers on every stage."""
+    import passes.budget as budget_pass
+    from compiler.analysis import count_macs
+    from passes.budget import MEASURED_SLACK, BudgetPass
+
+    timed = []
+
+    def fake(graphs, ctx, span_s):
+        timed.append(sorted(graphs))
+        return {k: count_macs(g) ** 0.5 / 1e3 for k, g in graphs.items()}
+
+    monkeypatch.setattr(budget_pass, "_measured_ms", fake)
+    monkeypatch.setattr(budget_pass, "_measured_layer_ms", lambda graphs, ctx: None)
+    model, x = Net().eval(), torch.randn(2, 3, 32, 32)
+    planner = BudgetPass(budget=Budget(latency_ratio=0.5), target=CPU, measure=True, stages=(0.5,), front_points=0,
+                         ranks=(0.5, 0.25), prune_ratios=(0.25, 0.5, 0.75))
+    cm = compiler.compile(model, x, pipeline=["cleanup", planner, "fuse"])
+    s = _budget_row(cm).summary
+    assert ["after", "before", "origin"] in timed  # the stages timed the original beside each plan
+    m = s["measured_ms"]
+    assert set(m) == {"origin", "before", "after"}
+    last = s["stages"][-1]["budget"]["latency_ratio"]  # the last stage's goal as a ratio of the model stage 1 left
+    assert m["after"] <= (1 + MEASURED_SLACK) * last * m["before"]  # timed against that model alone, it would pass
+    fixes = s["measured_corrections"]  # timed against the original it misses, and the check plans again for that
+    assert fixes and all(f["goal_ms"] == pytest.approx(0.5 * f["measured_ms"]["origin"]) for f in fixes)
+    assert m["after"] < m["before"] and m["before"] < m["origin"]
