@@ -61,6 +61,15 @@ class CompileReport:
                 return r
         raise KeyError(f"no pass '{name}' in this report; passes: {[r.name for r in self.rows]}")
 
+    def idle(self) -> dict[str, int]:
+        """The rewrites that matched nothing (cleanup aside), each with its number of refusals."""
+        return {r.name: len(r.refusals) for r in self.rows[1:] if r.matches == 0 and r.name != "cleanup"}
+
+    def canonical_changed(self) -> bool:
+        """Whether canonicalisation folded, removed or bound anything (then its summary is worth printing)."""
+        c = self.canonical or {}
+        return bool(c.get("folded") or c.get("asserts_removed") or c.get("bound_arguments") or c.get("batch_folded"))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -99,13 +108,11 @@ class CompileReport:
         fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
         lines = [f"fxcompress report: {self.model} -> target {self.target}", fmt(head), fmt(["-" * w for w in widths])]
         lines += [fmt(b) for b in body]
-        idle = [r.name for r in self.rows[1:] if r.matches == 0 and r.name != "cleanup"]
+        idle = self.idle()
         if idle:  # a rewrite that did nothing says so here, not only in its per-node refusals
-            refused = {r.name: len(r.refusals) for r in self.rows}
             lines.append("  matched nothing: " + ", ".join(
-                f"{n} ({refused[n]} refused, see below)" if refused[n] else f"{n} (no candidate in this graph)" for n in idle))
-        c = self.canonical or {}
-        if c.get("folded") or c.get("asserts_removed") or c.get("bound_arguments") or c.get("batch_folded"):
+                f"{n} ({k} refused, see below)" if k else f"{n} (no candidate in this graph)" for n, k in idle.items()))
+        if self.canonical_changed():
             lines.append(f"  canonical graph: {self.canonical['summary']}")
         for r in self.rows:
             if r.summary:

@@ -93,13 +93,11 @@ def _headline(r: CompileReport) -> str:
     if errs:
         items.append(f"max relative output error against eager {_sci(max(errs))}")
     out = "<p>" + " &middot; ".join(items) + "</p>"
-    idle = [row.name for row in r.rows[1:] if row.matches == 0 and row.name != "cleanup"]
+    idle = r.idle()
     if idle:
         out += "<div class='note'>matched nothing: " + ", ".join(
-            f"{_e(n)} ({len(r.row(n).refusals)} refused)" if r.row(n).refusals else f"{_e(n)} (no candidate in this graph)"
-            for n in idle) + "</div>"
-    c = r.canonical or {}
-    if c.get("folded") or c.get("asserts_removed") or c.get("bound_arguments") or c.get("batch_folded"):
+            f"{_e(n)} ({k} refused)" if k else f"{_e(n)} (no candidate in this graph)" for n, k in idle.items()) + "</div>"
+    if r.canonical_changed():
         out += f"<p>canonical graph: {_e(r.canonical['summary'])}</p>"
     return out
 
@@ -119,12 +117,13 @@ def _layer_table(details: list[dict]) -> str:
 def _accuracy(a: dict) -> str:
     stages = [k for k in ("original", "compressed", "recovered") if k in a]
     metrics = [m for m in ("accuracy", "agreement", "kl") if m in a["original"]]
-    body = [[k] + [f"{100 * a[k][m]:.2f}%" if m != "kl" else f"{a[k][m]:.4g}" for m in metrics] for k in stages]
-    for st in a.get("stages", ()):
-        for k in ("compressed", "recovered"):
-            if k in st:
-                body.append([f"after {st['after']}: {k}"] + [f"{100 * st[k][m]:.2f}%" if m != "kl" else f"{st[k][m]:.4g}"
-                                                             for m in metrics])
+
+    def cells(m: dict) -> list[str]:
+        return [f"{m[q]:.4g}" if q == "kl" else f"{100 * m[q]:.2f}%" for q in metrics]
+
+    body = [[k] + cells(a[k]) for k in stages]
+    body += [[f"after {st['after']}: {k}"] + cells(st[k]) for st in a.get("stages", ()) for k in ("compressed", "recovered")
+             if k in st]
     return f"<p>on {a['images']} validation images</p>" + _table(["model"] + metrics, body)
 
 
@@ -268,7 +267,8 @@ def block_svg(nodes: list[dict], old: set | None = None) -> str:
             if i not in inside:
                 g.add_node(i, label=f"from {i}", ext=True, changed=False)
             g.add_edge(i, n["name"])
-    layers = [sorted(layer, key=lambda v: list(g.nodes).index(v)) for layer in nx.topological_generations(g)]
+    order = {v: i for i, v in enumerate(g.nodes)}
+    layers = [sorted(layer, key=order.__getitem__) for layer in nx.topological_generations(g)]
     box_h, row_h, gap, char_w = 20, 40, 12, 6.7
     width = {v: len(g.nodes[v]["label"]) * char_w + 14 for v in g}
     pos: dict[str, tuple[float, float]] = {}

@@ -9,6 +9,8 @@ bn, relu and pool; a head's pool, flatten and fc).
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from torch import fx, nn
 
 MAX_BLOCK = 30
@@ -68,12 +70,12 @@ def block_prefixes(sk: dict) -> list[str]:
 
 def _keys(paths: list[str]) -> list[str]:
     """Each path's block: its first component, or deeper while that block has over MAX_BLOCK nodes."""
+    under = Counter(".".join(p.split(".")[:d]) for p in paths for d in range(1, p.count(".") + 2))  # nodes per prefix
     keys = []
     for p in paths:
         parts = p.split(".") if p else [""]
         depth = 1
-        while depth < len(parts) and sum(1 for q in paths if q == ".".join(parts[:depth])
-                                         or q.startswith(".".join(parts[:depth]) + ".")) > MAX_BLOCK:
+        while depth < len(parts) and under[".".join(parts[:depth])] > MAX_BLOCK:
             depth += 1
         keys.append(".".join(parts[:depth]))
     return keys

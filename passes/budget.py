@@ -254,12 +254,14 @@ class BudgetPass(Pass, name="budget"):
                           "error_proxy": sum(c.error for c in picks.values()), "output_rel_err": err,
                           "allocator": allocator, "limits": limits,
                           "considered": considered}
-        if self.search is None and self.front_points:
+        cal_after = cal.metrics(gm) if cal is not None else None
+        if self.search is None and self.front_points:  # the kept plan scored as sensitivity() would score it
+            kept = {**t_after, "error": cal_after["kl"] if cal_after is not None else err}
             plan.predicted["front"] = [{**p, "within_limits": not _over(p, limits)} for p in self._front(
-                original, ctx, cm, tables, fixed, before, sensitivity, {**t_after, "error": sensitivity(gm)})]
+                original, ctx, cm, tables, fixed, before, sensitivity, kept)]
         if cal is not None:
             plan.predicted["sensitivity"] = f"KL divergence to the original on {cal.images} calibration images"
-            plan.predicted["calibration"] = {"before": cal_before, "after": cal.metrics(gm)}
+            plan.predicted["calibration"] = {"before": cal_before, "after": cal_after}
             if self._uniform:
                 plan.predicted["uniform"] = self._uniform
         else:

@@ -31,9 +31,9 @@ def in_stages(planner: BudgetPass, gm: fx.GraphModule, ctx: PassContext) -> Pass
     pruned or factorized (a factor chain's inner channels: its rank), never factorize a factor."""
     cm = planner.cost_model()
     origin = _totals(gm, cm, ctx)
-    goal = planner.budget.latency_goal(origin["ms"])
     # the device check of every stage times its plan against the original too (BudgetPass._measured_goal)
-    original = copy.deepcopy(gm) if planner.measure and planner.budget.latency_ratio is not None else None
+    ratio = planner.budget.latency_ratio
+    original = copy.deepcopy(gm) if planner.measure and ratio is not None else None
     fractions = (*planner.stages, 1.0)
     stages, details, refusals, warnings, plans = [], [], {}, [], []
     for k, s in enumerate(fractions, 1):
@@ -41,8 +41,8 @@ def in_stages(planner: BudgetPass, gm: fx.GraphModule, ctx: PassContext) -> Pass
         one = copy.copy(planner)
         one.stages, one.plan_path = (), None
         one.budget = stage_budget(planner.budget, s, origin, _totals(gm, cm, ctx))
-        if original is not None and goal is not None:
-            one._origin = (original, (min(goal, origin["ms"]) / origin["ms"]) ** s)  # log scale, as stage_budget
+        if original is not None:
+            one._origin = (original, ratio ** s)  # log scale, as stage_budget
         log.info("budget: %s at %.2f of the way: %s", name, s, one.budget)
         res = one._once(gm, ctx)
         plans.append(one.plan)

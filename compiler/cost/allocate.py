@@ -129,4 +129,3 @@ def _lagrangian(tables, cost, feasible):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if feasible(picks_at(mid)) else (mid, hi)
     return "lagrangian", picks_at(hi)
-
