@@ -4,8 +4,9 @@
 (``compiler.report_html``) draws it without torch. Nodes are grouped into blocks by module path:
 a top-level child of the model is one block unless it holds more than ``MAX_BLOCK`` nodes, then its
 children are (ResNet-50: ``layer1.0`` ... ``layer4.2``, each a bottleneck), and runs of small
-neighbouring blocks (of at most half that each) are merged up to ``MERGE_UP_TO`` nodes (a stem's conv,
-bn, relu and pool; a head's pool, flatten and fc).
+neighbouring blocks (of at most half that each) that are siblings (or parent and child) in the module tree are merged up to
+``MERGE_UP_TO`` nodes (a stem's conv, bn, relu and pool; a head's pool, flatten and fc; never the tail
+of one transformer block with the head of the next).
 """
 from __future__ import annotations
 
@@ -54,13 +55,19 @@ def blocks(nodes: list[dict], prefixes: list[str] | None = None) -> list[dict]:
         last = merged[-1] if merged else None
         small = len(r["nodes"]) <= MERGE_UP_TO // 2
         if last and last["small"] and small and "input" not in last["parts"] and r["name"] not in ("input", "output") \
-                and len(last["nodes"]) + len(r["nodes"]) <= MERGE_UP_TO:
+                and _related(last["parts"][-1], r["name"]) and len(last["nodes"]) + len(r["nodes"]) <= MERGE_UP_TO:
             last["parts"].append(r["name"])
             last["nodes"] += r["nodes"]
         else:
             merged.append({"parts": [r["name"]], "nodes": list(r["nodes"]), "small": small})
     return [{"name": m["parts"][0] if len(m["parts"]) == 1 else f"{m['parts'][0]} .. {m['parts'][-1]}",
              "parts": m["parts"], "nodes": m["nodes"]} for m in merged]
+
+
+def _related(a: str, b: str) -> bool:
+    """Siblings, or parent and child, in the module tree: blocks that may share a drawing."""
+    pa, pb = a.rpartition(".")[0], b.rpartition(".")[0]
+    return pa == pb or a == pb or b == pa
 
 
 def block_prefixes(sk: dict) -> list[str]:

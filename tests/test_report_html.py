@@ -131,3 +131,15 @@ def test_the_page_renders_in_headless_chromium(resnet18_budget, tmp_path):
     pixels = imread(shot)
     drawn = (pixels[..., :3] < 0.9).any(axis=-1).mean()  # not a blank page: tables, plot and drawings are ink
     assert 0.02 < drawn < 0.9, drawn
+
+
+def test_small_blocks_merge_only_within_one_module():
+    """A stem's or a head's small siblings share a drawing; the tail of one transformer block and the
+    head of the next do not (timm ViT: ``blocks.0.ls1 .. blocks.0``, then ``blocks.1.norm1``)."""
+    paths = ["conv1", "bn1", "relu"]
+    for b in (0, 1):  # 32 nodes a block: over MAX_BLOCK, so drawn by its children
+        paths += [f"blocks.{b}.norm1"] + [f"blocks.{b}.attn"] * 24 + [f"blocks.{b}.ls1"] + [f"blocks.{b}.mlp"] * 5 + [f"blocks.{b}"]
+    nodes = [{"name": f"n{i}", "op": "call_module", "label": p, "path": p, "inputs": []} for i, p in enumerate(paths)]
+    names = [b["name"] for b in blocks(nodes)]
+    assert names == ["conv1 .. relu", "blocks.0.norm1", "blocks.0.attn", "blocks.0.ls1 .. blocks.0",
+                     "blocks.1.norm1", "blocks.1.attn", "blocks.1.ls1 .. blocks.1"]
